@@ -1,0 +1,212 @@
+"""The `vaelab` command: train, eval and sample.
+
+Errors a user can cause (missing data, corrupt files, bad options, an occupied run directory) end
+with one line on stderr naming the file or option, and a non-zero exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from . import __version__
+from .config import list_presets, load_preset, parse_override, set_key
+from .errors import VaelabError
+
+# Flags of `vaelab train` that are shorthands for config keys.
+TRAIN_FLAGS = {
+    "steps": "train.steps",
+    "batch_size": "train.batch_size",
+    "lr": "train.lr",
+    "seed": "train.seed",
+    "device": "train.device",
+    "log_every": "train.log_every",
+    "checkpoint_every": "train.checkpoint_every",
+    "z_dim": "model.z_dim",
+    "hidden": "model.hidden",
+    "beta": "objective.beta",
+    "objective": "objective.kind",
+    "k": "objective.k",
+    "dataset": "data.dataset",
+    "data_dir": "data.data_dir",
+}
+
+
+def _positive_int_list(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"expected integers >= 1, got {text!r}")
+    return values
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vaelab", description="Variational autoencoders: train, evaluate, sample.")
+    parser.add_argument("--version", action="version", version=f"vaelab {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train a model into a new run directory",
+                       description="Train a model from a preset (defaults as in REFERENCE.md) into a new run directory.")
+    p.add_argument("model", help=f"preset name ({', '.join(list_presets())}) or a .toml preset file")
+    p.add_argument("--out", required=True, type=Path, metavar="RUN_DIR", help="new (or empty) run directory to write")
+    p.add_argument("--steps", type=int, help="optimiser steps (default 20000)")
+    p.add_argument("--batch-size", type=int, help="images per step (default 100)")
+    p.add_argument("--lr", type=float, help="Adam learning rate (default 1e-3)")
+    p.add_argument("--seed", type=int, help="random seed for weights, batches, binarization and samples (default 0)")
+    p.add_argument("--z-dim", type=int, help="latent dimensionality (default 10)")
+    p.add_argument("--hidden", help="hidden widths of encoder and decoder, comma-separated (default 300,300)")
+    p.add_argument("--beta", type=float, help="KL weight; beta != 1 gives a beta-VAE (default 1)")
+    p.add_argument("--objective", choices=("elbo", "iwae"), help="training objective (default elbo)")
+    p.add_argument("--k", type=int, help="samples per input in the training objective (default 1)")
+    p.add_argument("--dataset", choices=("mnist", "fashion-mnist"), help="training data (default mnist)")
+    p.add_argument("--data-dir", help="data root holding mnist/ and fashion-mnist/ (default $VAELAB_DATA, else ~/.cache/vaelab)")
+    p.add_argument("--device", help="cpu, cuda, cuda:N or auto (default auto)")
+    p.add_argument("--log-every", type=int, help="steps between metrics lines (default 100)")
+    p.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (default 5000)")
+    p.add_argument("--no-download", action="store_true", help="fail instead of downloading missing data files")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any setting, e.g. --set model.activation=relu (repeatable; unknown keys are errors)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    p = sub.add_parser("eval", help="evaluate a run's bounds on the test set",
+                       description="Compute NELBO, KL, Rec and negative IWAE-m bounds (nats) for a trained run.")
+    p.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    p.add_argument("--protocol", choices=("cs236", "full"), default="cs236",
+                   help="cs236: the 100-image subset of REFERENCE.md section 1; full: all 10,000 test images (default cs236)")
+    p.add_argument("--iw", type=_positive_int_list, metavar="M,M,...",
+                   help="importance-sample counts m for IWAE-m (default 1,10,100,1000 for cs236; 1,10,100,1000,5000 for full)")
+    p.add_argument("--seed", type=int, default=0, help="seed for the evaluation's z draws (default 0)")
+    p.add_argument("--json", action="store_true", help="print all metrics as one JSON object on stdout")
+    p.add_argument("--data-dir", help="data root (default: the run's, else $VAELAB_DATA, else ~/.cache/vaelab)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default auto)")
+    p.add_argument("--budget", type=_positive_int, default=1 << 24,
+                   help="largest tensor in elements (samples x images x pixels); lower it to save memory (default 16777216)")
+    p.add_argument("--no-save", action="store_true", help="do not write RUN_DIR/eval-<protocol>.json")
+
+    p = sub.add_parser("sample", help="write a grid of prior samples and a reconstruction grid",
+                       description="Draw images from the prior (and reconstruct test images) as PNG grids.")
+    p.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    p.add_argument("--n", type=_positive_int, default=200, help="number of prior samples (default 200)")
+    p.add_argument("--ncol", type=_positive_int, default=20, help="images per grid row (default 20)")
+    p.add_argument("--out", type=Path, help="PNG for prior samples (default RUN_DIR/samples.png)")
+    p.add_argument("--mode", choices=("mean", "sample"), default="mean",
+                   help="mean: decoder probabilities; sample: one Bernoulli draw of them (default mean)")
+    p.add_argument("--recon-out", type=Path, help="PNG for reconstructions (default RUN_DIR/reconstructions.png)")
+    p.add_argument("--recon-n", type=_positive_int, default=60, help="test images to reconstruct (default 60)")
+    p.add_argument("--no-recon", action="store_true", help="skip the reconstruction grid (needs no data)")
+    p.add_argument("--seed", type=int, default=0, help="seed for z draws (default 0)")
+    p.add_argument("--data-dir", help="data root for the test images (default: the run's)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default auto)")
+    return parser
+
+
+def cmd_train(args) -> int:
+    from .train import train
+
+    cfg = load_preset(args.model)
+    for flag, key in TRAIN_FLAGS.items():
+        value = getattr(args, flag)
+        if value is not None:
+            if flag == "data_dir":
+                value = str(Path(value).expanduser().resolve())
+            set_key(cfg, key, value)
+    if args.no_download:
+        cfg.data.download = False
+    for text in args.set:
+        set_key(cfg, *parse_override(text))
+    summary = train(cfg, args.out, progress=not args.no_progress)
+    final = summary["final"]
+    print(f"trained {summary['model']} for {summary['steps']} steps in {summary['train_seconds']:.1f} s "
+          f"({summary['images_per_second']:.0f} images/s); last {cfg.train.log_every} steps: "
+          f"NELBO {final['nelbo']:.2f}, KL {final['kl']:.2f}, Rec {final['rec']:.2f}; run directory {args.out}")
+    return 0
+
+
+def _load(args):
+    from . import data as data_mod
+    from .runs import load_run
+    from .train import resolve_device
+
+    device = resolve_device(args.device)
+    model, cfg = load_run(args.run_dir, device)
+    data_dir = args.data_dir or cfg.data.data_dir
+    return model, cfg, device, lambda: data_mod.load(cfg.data.dataset, "test", data_dir, device, cfg.data.download)
+
+
+def cmd_eval(args) -> int:
+    from .evaluate import evaluate
+    from .runs import atomic_write_text
+
+    model, cfg, _, load_test = _load(args)
+    say = None if args.json else (lambda label: print(f"  {label} ...", file=sys.stderr, flush=True))
+    result = evaluate(model, load_test(), args.protocol, args.iw, args.seed, args.budget, progress=say)
+    result = {"run": str(args.run_dir), "model": cfg.model.name, "dataset": cfg.data.dataset, **result}
+    if not args.no_save:
+        atomic_write_text(args.run_dir / f"eval-{args.protocol}.json", json.dumps(result, indent=2) + "\n")
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"{cfg.model.name} on {cfg.data.dataset}, protocol {args.protocol} ({result['images']} test images), nats:")
+        print(f"  NELBO {result['nelbo']:.2f}   KL {result['kl']:.2f}   Rec {result['rec']:.2f}")
+        for key, value in result.items():
+            if key.startswith("niwae_") and not key.endswith("_sem"):
+                sem = result.get(f"{key}_sem")
+                print(f"  -IWAE-{key[6:]:<5} {value:.2f}" + (f"  (+- {sem:.2f} s.e.)" if sem is not None else ""))
+        print(f"  ({result['seconds']:.1f} s)")
+    return 0
+
+
+def cmd_sample(args) -> int:
+    from . import data as data_mod
+    from .viz import prior_samples, reconstruction_pairs, save_grid
+
+    model, cfg, device, load_test = _load(args)
+    shape = (28, 28) if cfg.model.x_dim == 784 else None
+    if shape is None:
+        raise VaelabError(f"{args.run_dir}: sample grids support 28x28 images, model has x_dim {cfg.model.x_dim}")
+    out = args.out or args.run_dir / "samples.png"
+    save_grid(out, prior_samples(model, args.n, args.seed, args.mode), args.ncol, shape)
+    print(f"wrote {out}")
+    if not args.no_recon:
+        test = load_test()
+        x = data_mod.cs236_test_subset(test)[0][: args.recon_n] if cfg.data.dataset == "mnist" else \
+            data_mod.binarized_test_set(test)[: args.recon_n]
+        recon_out = args.recon_out or args.run_dir / "reconstructions.png"
+        ncol = min(args.ncol, x.shape[0])
+        save_grid(recon_out, reconstruction_pairs(model, x, ncol), ncol, shape)
+        print(f"wrote {recon_out}")
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "sample": cmd_sample}
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except VaelabError as exc:
+        print(f"vaelab {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"vaelab {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,143 @@
+"""Run directories: resolved config, checkpoints (safetensors, written atomically), metrics.
+
+Layout of RUN_DIR:
+    config.json                    the resolved RunConfig; with model.safetensors it rebuilds the model
+    model.safetensors              final weights
+    checkpoints/step-NNNNNNN.safetensors   weights + Adam state (prefixes "model." / "optim.")
+    metrics.jsonl                  one JSON object per logged training step
+    summary.json                   wall time, steps, final training metrics
+    eval-<protocol>.json           results of `vaelab eval`
+Weights are only ever read with safetensors, which never unpickles.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from . import config as config_mod
+from .errors import RunDirError
+from .models import build_model
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+CHECKPOINT_DIR = "checkpoints"
+METRICS_FILE = "metrics.jsonl"
+SUMMARY_FILE = "summary.json"
+
+
+def atomic_write_bytes(path: Path, write) -> None:
+    """Call write(tmp_path) then rename over `path`, so a crash never leaves a half-written file."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def _contiguous_cpu(tensors: dict) -> dict:
+    return {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+
+
+def optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
+    """Flatten an optimizer's state into tensors plus JSON metadata (param_groups)."""
+    state = optimizer.state_dict()
+    tensors = {}
+    for index, per_param in state["state"].items():
+        for name, value in per_param.items():
+            tensors[f"optim.{index}.{name}"] = value if torch.is_tensor(value) else torch.tensor(value)
+    return tensors, {"param_groups": json.dumps(state["param_groups"])}
+
+
+def load_optimizer_tensors(optimizer: torch.optim.Optimizer, tensors: dict, metadata: dict) -> None:
+    state: dict = {}
+    for key, value in tensors.items():
+        if key.startswith("optim."):
+            _, index, name = key.split(".", 2)
+            state.setdefault(int(index), {})[name] = value
+    optimizer.load_state_dict({"state": state, "param_groups": json.loads(metadata["param_groups"])})
+
+
+def save_checkpoint(run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, step: int, keep: int) -> Path:
+    """Write checkpoints/step-NNNNNNN.safetensors atomically and prune all but the newest `keep`."""
+    folder = Path(run_dir) / CHECKPOINT_DIR
+    folder.mkdir(exist_ok=True)
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    optim, metadata = optimizer_tensors(optimizer)
+    tensors.update(optim)
+    metadata["step"] = str(step)
+    path = folder / f"step-{step:07d}.safetensors"
+    atomic_write_bytes(path, lambda tmp: save_file(_contiguous_cpu(tensors), tmp, metadata=metadata))
+    for old in sorted(folder.glob("step-*.safetensors"))[:-keep]:
+        old.unlink()
+    return path
+
+
+def save_weights(run_dir: Path, model: torch.nn.Module) -> None:
+    path = Path(run_dir) / WEIGHTS_FILE
+    atomic_write_bytes(path, lambda tmp: save_file(_contiguous_cpu(model.state_dict()), tmp))
+
+
+def read_safetensors(path: Path, device="cpu") -> dict:
+    try:
+        return load_file(str(path), device=str(device))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise RunDirError(f"{path}: not a readable safetensors file ({exc})") from None
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    found = sorted((Path(run_dir) / CHECKPOINT_DIR).glob("step-*.safetensors"))
+    return found[-1] if found else None
+
+
+def load_run(run_dir: str | os.PathLike, device="cpu") -> tuple[torch.nn.Module, config_mod.RunConfig]:
+    """Rebuild a run's model from its directory alone: config.json plus the final weights
+    (or, for a run still in progress, its newest checkpoint). The model is in eval mode."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise RunDirError(f"run directory {run_dir} does not exist")
+    if not (run_dir / CONFIG_FILE).is_file():
+        raise RunDirError(f"{run_dir}: no {CONFIG_FILE}; not a vaelab run directory")
+    cfg = config_mod.load_json(run_dir / CONFIG_FILE)
+    model = build_model(cfg.model)
+    weights = run_dir / WEIGHTS_FILE
+    if weights.is_file():
+        state = read_safetensors(weights, device)
+    else:
+        ckpt = latest_checkpoint(run_dir)
+        if ckpt is None:
+            raise RunDirError(f"{run_dir}: no {WEIGHTS_FILE} and no checkpoints; has training started?")
+        state = {k[len("model."):]: v for k, v in read_safetensors(ckpt, device).items() if k.startswith("model.")}
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise RunDirError(f"{run_dir}: weights do not match config.json ({first})") from None
+    return model.to(device).eval(), cfg
+
+
+def append_jsonl(path: Path, record: dict) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    if not Path(path).is_file():
+        return []
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]

@@ -1,0 +1,63 @@
+"""Shared fixtures: a tiny MNIST-shaped IDX dataset written by the tests, and the real data if present."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from vaelab.data import write_idx
+
+REPO = Path(__file__).resolve().parents[1]
+# The cs236 test subset reaches position 1094 among the test images of digit 1, so the tiny test
+# split holds 1,100 images per digit; the training split is small.
+TINY_TEST_PER_DIGIT = 1100
+TINY_TRAIN = 600
+
+
+def _digit_images(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """28x28 uint8 images: a bright bar whose position encodes the label, plus noise."""
+    n = len(labels)
+    images = (rng.random((n, 28, 28)) < 0.05).astype(np.uint8) * 255
+    for digit in range(10):
+        rows = labels == digit
+        images[rows, 2 + 2 * digit : 4 + 2 * digit, 4:24] = 230
+    return images
+
+
+def write_tiny_mnist(root: Path, gz: bool = False) -> Path:
+    rng = np.random.default_rng(0)
+    folder = root / "mnist"
+    folder.mkdir(parents=True, exist_ok=True)
+    suffix = ".gz" if gz else ""
+    train_labels = rng.integers(0, 10, TINY_TRAIN).astype(np.uint8)
+    test_labels = np.repeat(np.arange(10, dtype=np.uint8), TINY_TEST_PER_DIGIT)
+    rng.shuffle(test_labels)
+    write_idx(folder / f"train-images-idx3-ubyte{suffix}", _digit_images(train_labels, rng))
+    write_idx(folder / f"train-labels-idx1-ubyte{suffix}", train_labels)
+    write_idx(folder / f"t10k-images-idx3-ubyte{suffix}", _digit_images(test_labels, rng))
+    write_idx(folder / f"t10k-labels-idx1-ubyte{suffix}", test_labels)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    """A data root with mnist/ holding a small synthetic dataset in raw IDX files."""
+    return write_tiny_mnist(tmp_path_factory.mktemp("tiny-data"))
+
+
+@pytest.fixture(scope="session")
+def real_data() -> Path:
+    """The real MNIST root ($VAELAB_DATA or ../shared/data); tests using it skip when it is absent."""
+    for candidate in (os.environ.get("VAELAB_DATA"), REPO.parent / "shared" / "data"):
+        if candidate and (Path(candidate) / "mnist").is_dir():
+            return Path(candidate)
+    pytest.skip("real MNIST not available (set VAELAB_DATA)")
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)

@@ -1,0 +1,152 @@
+"""The vaelab command end to end on tiny data, and its promised errors for bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from vaelab.cli import main
+from vaelab.data import write_idx
+
+
+def vaelab(*args, cwd=None):
+    """Run `python -m vaelab ARGS` in a subprocess; returns the CompletedProcess."""
+    return subprocess.run([sys.executable, "-m", "vaelab", *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=300)
+
+
+def _one_line_error(proc, *needles):
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    for needle in needles:
+        assert str(needle) in lines[0], (needle, lines[0])
+
+
+@pytest.fixture(scope="module")
+def trained_run(tiny_data, tmp_path_factory):
+    run = tmp_path_factory.mktemp("runs") / "vae"
+    args = ["train", "vae", "--steps", "40", "--batch-size", "50", "--z-dim", "4", "--hidden", "64,64",
+            "--checkpoint-every", "20", "--log-every", "10", "--data-dir", tiny_data, "--out", run,
+            "--device", "cpu", "--no-progress"]
+    code = main([str(a) for a in args])
+    assert code == 0
+    return run
+
+
+def test_train_writes_a_complete_run_directory(trained_run):
+    names = {p.name for p in trained_run.iterdir()}
+    assert {"config.json", "model.safetensors", "metrics.jsonl", "summary.json", "checkpoints"} <= names
+    cfg = json.loads((trained_run / "config.json").read_text())
+    assert cfg["model"]["z_dim"] == 4 and cfg["model"]["hidden"] == [64, 64] and cfg["train"]["steps"] == 40
+    metrics = [json.loads(line) for line in (trained_run / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics] == [10, 20, 30, 40]
+    assert all(np.isfinite(m["loss"]) and m["nelbo"] > 0 for m in metrics)
+    assert sorted(p.name for p in (trained_run / "checkpoints").iterdir()) == ["step-0000020.safetensors", "step-0000040.safetensors"]
+
+
+def test_eval_cs236_json(trained_run):
+    proc = vaelab("eval", trained_run, "--protocol", "cs236", "--iw", "1,10,100", "--json", "--device", "cpu")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["protocol"] == "cs236" and result["images"] == 100
+    for key in ("nelbo", "kl", "rec", "niwae_1", "niwae_10", "niwae_100"):
+        assert np.isfinite(result[key])
+    assert abs(result["nelbo"] - (result["kl"] + result["rec"])) < 1e-3
+    assert result["niwae_1"] >= result["niwae_10"] >= result["niwae_100"]
+    assert json.loads((trained_run / "eval-cs236.json").read_text())["niwae_100"] == result["niwae_100"]
+    # Same seed, same numbers.
+    again = json.loads(vaelab("eval", trained_run, "--iw", "1,10,100", "--json", "--no-save").stdout)
+    assert again["niwae_10"] == result["niwae_10"]
+
+
+def test_eval_full_protocol_small_budget(trained_run, capsys):
+    assert main(["eval", str(trained_run), "--protocol", "full", "--iw", "1,20", "--budget", "200000", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["images"] == 11000 and result["niwae_1"] >= result["niwae_20"]
+    assert result["niwae_20_sem"] > 0
+
+
+def test_sample_writes_grids(trained_run, tmp_path):
+    out = tmp_path / "grid.png"
+    proc = vaelab("sample", trained_run, "--n", "30", "--ncol", "10", "--out", out, "--recon-out", tmp_path / "r.png")
+    assert proc.returncode == 0, proc.stderr
+    import matplotlib.image
+
+    grid = matplotlib.image.imread(out)
+    assert grid.shape[:2] == (3 * 30 + 2, 10 * 30 + 2)  # 3 rows x 10 cols of 28px tiles with 2px padding
+    assert matplotlib.image.imread(tmp_path / "r.png").shape[0] > 0
+
+
+def test_module_entry_point_help():
+    proc = vaelab("train", "--help")
+    assert proc.returncode == 0
+    for option in ("--steps", "--batch-size", "--lr", "--seed", "--z-dim", "--beta", "--data-dir", "--out", "--device", "--set"):
+        assert option in proc.stdout
+
+
+def test_train_missing_data_directory(tmp_path):
+    missing = tmp_path / "no-such-dir"
+    proc = vaelab("train", "vae", "--steps", "2", "--data-dir", missing, "--out", tmp_path / "run")
+    _one_line_error(proc, missing)
+    assert not (tmp_path / "run").exists()
+
+
+def test_train_corrupt_file(tmp_path, tiny_data):
+    import shutil
+
+    shutil.copytree(tiny_data / "mnist", tmp_path / "data" / "mnist")
+    bad = tmp_path / "data" / "mnist" / "train-images-idx3-ubyte"
+    bad.write_bytes(bad.read_bytes()[:5000])
+    proc = vaelab("train", "vae", "--steps", "2", "--data-dir", tmp_path / "data", "--out", tmp_path / "run")
+    _one_line_error(proc, bad)
+    assert not (tmp_path / "run").exists()
+
+
+def test_train_missing_files_without_download(tmp_path):
+    (tmp_path / "data").mkdir()
+    proc = vaelab("train", "vae", "--data-dir", tmp_path / "data", "--no-download", "--out", tmp_path / "run")
+    _one_line_error(proc, tmp_path / "data" / "mnist", "train-images-idx3-ubyte")
+
+
+def test_train_refuses_to_overwrite_a_run(trained_run, tiny_data):
+    before = (trained_run / "model.safetensors").read_bytes()
+    proc = vaelab("train", "vae", "--steps", "2", "--data-dir", tiny_data, "--out", trained_run)
+    _one_line_error(proc, "--out", trained_run)
+    assert (trained_run / "model.safetensors").read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--set", "train.stepz=3"], "train.stepz"),
+        (["--set", "train.steps"], "key=value"),
+        (["--beta", "-1"], "objective.beta"),
+        (["--k", "0"], "objective.k"),
+        (["--batch-size", "100000"], "train.batch_size"),
+        (["--device", "cuda:7"] if not __import__("torch").cuda.is_available() else ["--device", "tpu"], "--device"),
+    ],
+)
+def test_train_bad_options(tmp_path, tiny_data, args, needle):
+    proc = vaelab("train", "vae", "--steps", "2", "--data-dir", tiny_data, "--out", tmp_path / "run", *args)
+    _one_line_error(proc, needle)
+    assert not (tmp_path / "run").exists()
+
+
+def test_unknown_model_and_bad_iw(tmp_path, trained_run):
+    _one_line_error(vaelab("train", "nosuchmodel", "--out", tmp_path / "r"), "nosuchmodel")
+    proc = vaelab("eval", trained_run, "--iw", "0,10")
+    assert proc.returncode == 2 and "--iw" in proc.stderr
+    _one_line_error(vaelab("eval", tmp_path / "absent"), tmp_path / "absent")
+
+
+def test_eval_with_corrupt_test_file(tmp_path, trained_run, tiny_data):
+    import shutil
+
+    shutil.copytree(tiny_data / "mnist", tmp_path / "mnist")
+    write_idx(tmp_path / "mnist" / "t10k-labels-idx1-ubyte", np.zeros(3, dtype=np.uint8))
+    _one_line_error(vaelab("eval", trained_run, "--data-dir", tmp_path), tmp_path / "mnist" / "t10k-labels-idx1-ubyte")

@@ -1,0 +1,83 @@
+"""Typed configs: presets, checked overrides, validation naming the option."""
+
+from __future__ import annotations
+
+import pytest
+
+from vaelab.config import RunConfig, list_presets, load_json, load_preset, parse_override, save_json, set_key, validate
+from vaelab.errors import ConfigError
+
+
+def test_vae_preset_matches_reference_defaults():
+    cfg = load_preset("vae")
+    assert (cfg.model.z_dim, cfg.model.hidden, cfg.model.activation) == (10, (300, 300), "elu")
+    assert (cfg.train.steps, cfg.train.batch_size, cfg.train.lr, cfg.train.seed) == (20000, 100, 1e-3, 0)
+    assert (cfg.objective.kind, cfg.objective.beta, cfg.objective.k) == ("elbo", 1.0, 1)
+    assert "vae" in list_presets()
+
+
+def test_set_key_converts_types():
+    cfg = RunConfig()
+    set_key(cfg, "train.steps", "500")
+    set_key(cfg, "objective.beta", "4")
+    set_key(cfg, "model.hidden", "512,256")
+    set_key(cfg, "data.download", "false")
+    set_key(cfg, "data.data_dir", "none")
+    assert cfg.train.steps == 500 and cfg.objective.beta == 4.0 and cfg.model.hidden == (512, 256)
+    assert cfg.data.download is False and cfg.data.data_dir is None
+
+
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("train.stepz", "5", "unknown setting 'train.stepz'"),
+        ("nope.steps", "5", "unknown setting"),
+        ("train", "5", "is a section"),
+        ("train.steps", "many", "train.steps: cannot read 'many' as int"),
+        ("train.steps", "2.5", "train.steps"),
+        ("objective.beta", "x", "objective.beta"),
+        ("model.hidden", "3,a", "model.hidden"),
+        ("data.download", "maybe", "data.download"),
+    ],
+)
+def test_bad_overrides_are_errors_naming_the_key(key, value, message):
+    with pytest.raises(ConfigError, match=message):
+        set_key(RunConfig(), key, value)
+
+
+def test_parse_override_requires_equals():
+    assert parse_override("train.steps = 5") == ("train.steps", "5")
+    with pytest.raises(ConfigError, match="key=value"):
+        parse_override("train.steps")
+
+
+@pytest.mark.parametrize(
+    "key, value",
+    [("model.z_dim", "0"), ("train.steps", "-1"), ("train.batch_size", "0"), ("train.lr", "0"),
+     ("objective.beta", "-0.5"), ("objective.k", "0"), ("objective.kind", "mse"), ("model.hidden", "300,0")],
+)
+def test_out_of_range_settings_are_refused_by_name(key, value):
+    cfg = RunConfig()
+    set_key(cfg, key, value)
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        validate(cfg)
+
+
+def test_unknown_preset_and_bad_preset_file(tmp_path):
+    with pytest.raises(ConfigError, match="unknown model or preset 'vea'"):
+        load_preset("vea")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[train]\nstepz = 3\n")
+    with pytest.raises(ConfigError, match=f"{bad}.*unknown setting 'train.stepz'"):
+        load_preset(str(bad))
+    broken = tmp_path / "broken.toml"
+    broken.write_text("[train\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_preset(str(broken))
+
+
+def test_json_roundtrip(tmp_path):
+    cfg = load_preset("vae")
+    set_key(cfg, "model.hidden", "64,32")
+    save_json(cfg, tmp_path / "c.json")
+    assert load_json(tmp_path / "c.json") == cfg

@@ -1,0 +1,205 @@
+"""IDX reading on good and malformed files, locating and downloading data, subsets, binarization."""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import hashlib
+import http.server
+import shutil
+import struct
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from vaelab import data
+from vaelab.errors import DataError
+
+
+def test_idx_roundtrip_raw_and_gzip(tmp_path):
+    images = np.random.default_rng(0).integers(0, 256, (5, 28, 28), dtype=np.uint8)
+    for name in ("a-idx3-ubyte", "a-idx3-ubyte.gz"):
+        data.write_idx(tmp_path / name, images)
+        np.testing.assert_array_equal(data.read_idx(tmp_path / name), images)
+    floats = np.linspace(0, 1, 12, dtype=np.float32).reshape(3, 4)
+    data.write_idx(tmp_path / "f.idx", floats)
+    np.testing.assert_array_equal(data.read_idx(tmp_path / "f.idx"), floats)
+
+
+def _header(type_code, dims):
+    return bytes([0, 0, type_code, len(dims)]) + struct.pack(f">{len(dims)}I", *dims)
+
+
+@pytest.mark.parametrize(
+    "payload, message",
+    [
+        (b"\x01\x02\x08\x01" + struct.pack(">I", 3) + b"abc", "bad magic"),
+        (b"", "bad magic"),
+        (_header(0x07, [3]) + b"abc", "unknown IDX type code"),
+        (_header(0x08, [])[:4], "zero dimensions"),
+        (b"\x00\x00\x08\x03" + b"\x00\x00", "truncated IDX header"),
+        (_header(0x08, [10, 28, 28]) + bytes(784 * 9), "declares shape"),
+        (_header(0x08, [2]) + b"abc", "declares shape"),
+        (_header(0x08, [100000, 100000, 100]), "more than"),
+    ],
+)
+def test_malformed_idx_raw_gives_clear_error(tmp_path, payload, message):
+    path = tmp_path / "bad-idx3-ubyte"
+    path.write_bytes(payload)
+    with pytest.raises(DataError) as err:
+        data.read_idx(path)
+    assert message in str(err.value) and str(path) in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "payload, message",
+    [
+        (_header(0x08, [10, 28, 28]) + bytes(784 * 9), "truncated"),
+        (_header(0x08, [2]) + b"abc", "trailing bytes"),
+        (_header(0x08, [10**6, 10**6, 10**6]), "more than"),
+    ],
+)
+def test_malformed_idx_gzip_gives_clear_error(tmp_path, payload, message):
+    path = tmp_path / "bad-idx3-ubyte.gz"
+    path.write_bytes(gzip.compress(payload))
+    with pytest.raises(DataError, match=message):
+        data.read_idx(path)
+
+
+def test_corrupt_gzip_stream_gives_clear_error(tmp_path):
+    path = tmp_path / "x-idx1-ubyte.gz"
+    path.write_bytes(gzip.compress(_header(0x08, [1000]) + np.random.default_rng(0).bytes(1000))[:400])
+    with pytest.raises(DataError, match=str(path)):
+        data.read_idx(path)
+
+
+def test_load_tiny_dataset_and_shapes(tiny_data):
+    train = data.load("mnist", "train", tiny_data)
+    assert train.images.dtype == torch.uint8 and train.images.shape[1:] == (28, 28)
+    assert train.labels.dtype == torch.int64 and len(train.labels) == len(train)
+    x = train.pixels(torch.arange(4))
+    assert x.shape == (4, 784) and 0 <= x.min() and x.max() <= 1
+
+
+def test_label_count_mismatch_names_the_file(tmp_path, tiny_data):
+    shutil.copytree(tiny_data / "mnist", tmp_path / "mnist")
+    data.write_idx(tmp_path / "mnist" / "train-labels-idx1-ubyte", np.zeros(7, dtype=np.uint8))
+    with pytest.raises(DataError, match="train-labels-idx1-ubyte"):
+        data.load("mnist", "train", tmp_path)
+
+
+def test_missing_data_directory_is_named(tmp_path):
+    missing = tmp_path / "nowhere"
+    with pytest.raises(DataError, match=f"data directory {missing} does not exist"):
+        data.load("mnist", "train", missing)
+
+
+def test_missing_files_without_download_name_folder_and_files(tmp_path):
+    with pytest.raises(DataError) as err:
+        data.locate("mnist", tmp_path, download_missing=False)
+    msg = str(err.value)
+    assert str(tmp_path / "mnist") in msg and "train-images-idx3-ubyte[.gz]" in msg and "\n" not in msg
+
+
+def test_failed_download_names_folder_and_files(tmp_path):
+    # Port 9 on loopback refuses connections, as an offline machine would.
+    with pytest.raises(DataError) as err:
+        data.locate("mnist", tmp_path, mirrors=["http://127.0.0.1:9/"])
+    msg = str(err.value)
+    assert str(tmp_path / "mnist") in msg and "t10k-labels-idx1-ubyte[.gz]" in msg and "download failed" in msg
+    assert not list((tmp_path / "mnist").glob("*.part"))
+
+
+@pytest.fixture
+def http_root(tmp_path):
+    """A local HTTP server on 127.0.0.1 serving tmp_path/www; yields (folder, base URL)."""
+    www = tmp_path / "www"
+    www.mkdir()
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(www))
+    handler.log_message = lambda *a, **k: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield www, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def test_download_verifies_real_checksums_from_local_mirror(http_root, tmp_path, real_data):
+    www, url = http_root
+    base = "t10k-labels-idx1-ubyte"
+    raw = (real_data / "mnist" / base).read_bytes() if (real_data / "mnist" / base).exists() else gzip.open(real_data / "mnist" / (base + ".gz")).read()
+    (www / "good").mkdir()
+    (www / "good" / (base + ".gz")).write_bytes(gzip.compress(raw))
+    dest = tmp_path / "cache" / "mnist"
+    # The first mirror 404s; the second serves the real file, which must match the built-in sha256.
+    data.download(data.DATASETS["mnist"], dest, [base], mirrors=[f"{url}/missing/", f"{url}/good/"])
+    assert (dest / (base + ".gz")).is_file()
+    labels = data.read_idx(dest / (base + ".gz"))
+    assert labels.shape == (10000,)
+
+
+def test_download_rejects_checksum_mismatch_and_leaves_nothing(http_root, tmp_path):
+    www, url = http_root
+    base = "t10k-labels-idx1-ubyte"
+    (www / (base + ".gz")).write_bytes(gzip.compress(_header(0x08, [3]) + b"\x01\x02\x03"))
+    dest = tmp_path / "cache"
+    with pytest.raises(DataError, match="checksum mismatch"):
+        data.download(data.DATASETS["mnist"], dest, [base], mirrors=[url + "/"])
+    assert list(dest.iterdir()) == []
+
+
+def test_download_from_file_urls_then_load(tmp_path, tiny_data):
+    # A spec whose checksums are those of the tiny dataset, served from file:// URLs.
+    src = tiny_data / "mnist"
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    sums = {}
+    for path in src.iterdir():
+        (mirror / (path.name + ".gz")).write_bytes(gzip.compress(path.read_bytes()))
+        sums[path.name] = hashlib.sha256(path.read_bytes()).hexdigest()
+    spec = data.DatasetSpec("tiny", "tiny", (mirror.as_uri() + "/",), sums)
+    data.download(spec, tmp_path / "root" / "tiny", sorted(sums))
+    for name in sums:
+        np.testing.assert_array_equal(data.read_idx(tmp_path / "root" / "tiny" / (name + ".gz")), data.read_idx(src / name))
+
+
+def test_subset_indices_pick_positions_among_each_digit():
+    labels = torch.tensor([3, 0, 1, 0, 1, 0, 2, 2, 1, 3])
+    positions = ((2, 0), (1, 1), (0, 1), (1, 0))  # the row of digit 1 repeats a position
+    idx = data.subset_indices(labels, positions)
+    assert idx.tolist() == [5, 1, 4, 4, 6, 7, 9, 0]
+    with pytest.raises(DataError, match="digit 2"):
+        data.subset_indices(labels, ((0,), (0,), (5,)))
+
+
+def test_cs236_subsets_on_real_mnist(real_data):
+    test = data.load("mnist", "test", real_data)
+    idx = data.subset_indices(test.labels)
+    assert len(idx) == 100
+    assert test.labels[idx].tolist() == [d for d in range(10) for _ in range(10)]
+    assert idx[55] == idx[56] and len(set(idx.tolist())) == 99  # row 5 repeats position 128
+    train = data.load("mnist", "train", real_data)
+    lab = data.subset_indices(train.labels, data.CS236_TRAIN_LABELLED_POSITIONS)
+    assert train.labels[lab].tolist() == [d for d in range(10) for _ in range(10)]
+    assert lab[46] == lab[47] and len(set(lab.tolist())) == 99  # row 4 repeats position 2176
+
+
+def test_cs236_binarization_matches_reference_recipe(tiny_data):
+    test = data.load("mnist", "test", tiny_data)
+    x, y = data.cs236_test_subset(test)
+    reference = test.pixels(data.subset_indices(test.labels))
+    torch.manual_seed(0)
+    expected = torch.bernoulli(reference)  # the assignment's code: torch.manual_seed(0); torch.bernoulli(x)
+    assert torch.equal(x, expected)
+    assert y.tolist() == [d for d in range(10) for _ in range(10)]
+    assert set(x.unique().tolist()) <= {0.0, 1.0}
+
+
+def test_binarize_draws_fresh_bernoulli_per_call():
+    pixels = torch.full((1000, 50), 0.3)
+    a, b = data.binarize(pixels), data.binarize(pixels)
+    assert not torch.equal(a, b)
+    assert abs(a.mean().item() - 0.3) < 0.01
