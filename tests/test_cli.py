@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import types
 
 import numpy as np
 import pytest
@@ -16,6 +17,21 @@ from vaelab.data import write_idx
 def vaelab(*args, cwd=None):
     """Run `python -m vaelab ARGS` in a subprocess; returns the CompletedProcess."""
     return subprocess.run([sys.executable, "-m", "vaelab", *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=300)
+
+
+@pytest.fixture
+def cli(capsys):
+    """Run the CLI in-process (no interpreter start-up per call); returns (exit code, stdout, stderr)."""
+
+    def run(*args):
+        try:
+            code = main([str(a) for a in args])
+        except SystemExit as exc:  # argparse usage errors
+            code = exc.code
+        out, err = capsys.readouterr()
+        return types.SimpleNamespace(returncode=code, stdout=out, stderr=err)
+
+    return run
 
 
 def _one_line_error(proc, *needles):
@@ -49,8 +65,8 @@ def test_train_writes_a_complete_run_directory(trained_run):
     assert sorted(p.name for p in (trained_run / "checkpoints").iterdir()) == ["step-0000020.safetensors", "step-0000040.safetensors"]
 
 
-def test_eval_cs236_json(trained_run):
-    proc = vaelab("eval", trained_run, "--protocol", "cs236", "--iw", "1,10,100", "--json", "--device", "cpu")
+def test_eval_cs236_json(cli, trained_run):
+    proc = cli("eval", trained_run, "--protocol", "cs236", "--iw", "1,10,100", "--json", "--device", "cpu")
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
     assert result["protocol"] == "cs236" and result["images"] == 100
@@ -60,20 +76,20 @@ def test_eval_cs236_json(trained_run):
     assert result["niwae_1"] >= result["niwae_10"] >= result["niwae_100"]
     assert json.loads((trained_run / "eval-cs236.json").read_text())["niwae_100"] == result["niwae_100"]
     # Same seed, same numbers.
-    again = json.loads(vaelab("eval", trained_run, "--iw", "1,10,100", "--json", "--no-save").stdout)
+    again = json.loads(cli("eval", trained_run, "--iw", "1,10,100", "--json", "--no-save").stdout)
     assert again["niwae_10"] == result["niwae_10"]
 
 
 def test_eval_full_protocol_small_budget(trained_run, capsys):
-    assert main(["eval", str(trained_run), "--protocol", "full", "--iw", "1,20", "--budget", "200000", "--json"]) == 0
+    assert main(["eval", str(trained_run), "--protocol", "full", "--iw", "1,20", "--budget", "2000000", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["images"] == 11000 and result["niwae_1"] >= result["niwae_20"]
     assert result["niwae_20_sem"] > 0
 
 
-def test_sample_writes_grids(trained_run, tmp_path):
+def test_sample_writes_grids(cli, trained_run, tmp_path):
     out = tmp_path / "grid.png"
-    proc = vaelab("sample", trained_run, "--n", "30", "--ncol", "10", "--out", out, "--recon-out", tmp_path / "r.png")
+    proc = cli("sample", trained_run, "--n", "30", "--ncol", "10", "--out", out, "--recon-out", tmp_path / "r.png")
     assert proc.returncode == 0, proc.stderr
     import matplotlib.image
 
@@ -82,40 +98,42 @@ def test_sample_writes_grids(trained_run, tmp_path):
     assert matplotlib.image.imread(tmp_path / "r.png").shape[0] > 0
 
 
-def test_module_entry_point_help():
+def test_module_entry_point_help_and_exit_code(tmp_path):
     proc = vaelab("train", "--help")
     assert proc.returncode == 0
     for option in ("--steps", "--batch-size", "--lr", "--seed", "--z-dim", "--beta", "--data-dir", "--out", "--device", "--set"):
         assert option in proc.stdout
+    # The process itself exits non-zero with the one-line message.
+    _one_line_error(vaelab("train", "vae", "--data-dir", tmp_path / "absent", "--out", tmp_path / "run"), tmp_path / "absent")
 
 
-def test_train_missing_data_directory(tmp_path):
+def test_train_missing_data_directory(cli, tmp_path):
     missing = tmp_path / "no-such-dir"
-    proc = vaelab("train", "vae", "--steps", "2", "--data-dir", missing, "--out", tmp_path / "run")
+    proc = cli("train", "vae", "--steps", "2", "--data-dir", missing, "--out", tmp_path / "run")
     _one_line_error(proc, missing)
     assert not (tmp_path / "run").exists()
 
 
-def test_train_corrupt_file(tmp_path, tiny_data):
+def test_train_corrupt_file(cli, tmp_path, tiny_data):
     import shutil
 
     shutil.copytree(tiny_data / "mnist", tmp_path / "data" / "mnist")
     bad = tmp_path / "data" / "mnist" / "train-images-idx3-ubyte"
     bad.write_bytes(bad.read_bytes()[:5000])
-    proc = vaelab("train", "vae", "--steps", "2", "--data-dir", tmp_path / "data", "--out", tmp_path / "run")
+    proc = cli("train", "vae", "--steps", "2", "--data-dir", tmp_path / "data", "--out", tmp_path / "run")
     _one_line_error(proc, bad)
     assert not (tmp_path / "run").exists()
 
 
-def test_train_missing_files_without_download(tmp_path):
+def test_train_missing_files_without_download(cli, tmp_path):
     (tmp_path / "data").mkdir()
-    proc = vaelab("train", "vae", "--data-dir", tmp_path / "data", "--no-download", "--out", tmp_path / "run")
+    proc = cli("train", "vae", "--data-dir", tmp_path / "data", "--no-download", "--out", tmp_path / "run")
     _one_line_error(proc, tmp_path / "data" / "mnist", "train-images-idx3-ubyte")
 
 
-def test_train_refuses_to_overwrite_a_run(trained_run, tiny_data):
+def test_train_refuses_to_overwrite_a_run(cli, trained_run, tiny_data):
     before = (trained_run / "model.safetensors").read_bytes()
-    proc = vaelab("train", "vae", "--steps", "2", "--data-dir", tiny_data, "--out", trained_run)
+    proc = cli("train", "vae", "--steps", "2", "--data-dir", tiny_data, "--out", trained_run)
     _one_line_error(proc, "--out", trained_run)
     assert (trained_run / "model.safetensors").read_bytes() == before
 
@@ -131,22 +149,37 @@ def test_train_refuses_to_overwrite_a_run(trained_run, tiny_data):
         (["--device", "cuda:7"] if not __import__("torch").cuda.is_available() else ["--device", "tpu"], "--device"),
     ],
 )
-def test_train_bad_options(tmp_path, tiny_data, args, needle):
-    proc = vaelab("train", "vae", "--steps", "2", "--data-dir", tiny_data, "--out", tmp_path / "run", *args)
+def test_train_bad_options(cli, tmp_path, tiny_data, args, needle):
+    proc = cli("train", "vae", "--steps", "2", "--data-dir", tiny_data, "--out", tmp_path / "run", *args)
     _one_line_error(proc, needle)
     assert not (tmp_path / "run").exists()
 
 
-def test_unknown_model_and_bad_iw(tmp_path, trained_run):
-    _one_line_error(vaelab("train", "nosuchmodel", "--out", tmp_path / "r"), "nosuchmodel")
-    proc = vaelab("eval", trained_run, "--iw", "0,10")
+def test_unknown_model_and_bad_iw(cli, tmp_path, trained_run):
+    _one_line_error(cli("train", "nosuchmodel", "--out", tmp_path / "r"), "nosuchmodel")
+    proc = cli("eval", trained_run, "--iw", "0,10")
     assert proc.returncode == 2 and "--iw" in proc.stderr
-    _one_line_error(vaelab("eval", tmp_path / "absent"), tmp_path / "absent")
+    _one_line_error(cli("eval", tmp_path / "absent"), tmp_path / "absent")
 
 
-def test_eval_with_corrupt_test_file(tmp_path, trained_run, tiny_data):
+def test_eval_with_corrupt_test_file(cli, tmp_path, trained_run, tiny_data):
     import shutil
 
     shutil.copytree(tiny_data / "mnist", tmp_path / "mnist")
     write_idx(tmp_path / "mnist" / "t10k-labels-idx1-ubyte", np.zeros(3, dtype=np.uint8))
-    _one_line_error(vaelab("eval", trained_run, "--data-dir", tmp_path), tmp_path / "mnist" / "t10k-labels-idx1-ubyte")
+    _one_line_error(cli("eval", trained_run, "--data-dir", tmp_path), tmp_path / "mnist" / "t10k-labels-idx1-ubyte")
+
+
+def test_train_settings_flags_reach_the_config(cli, tmp_path, tiny_data):
+    run = tmp_path / "gm"
+    proc = cli("train", "gmvae", "--steps", "6", "--log-every", "3", "--hidden", "32", "--components", "5", "--posterior", "full",
+               "--kl-warmup", "4", "--free-bits", "0.1", "--free-bits-group", "0", "--data-dir", tiny_data, "--out", run, "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    cfg = json.loads((run / "config.json").read_text())
+    assert (cfg["model"]["prior"], cfg["model"]["prior_components"], cfg["model"]["posterior"]) == ("mog", 5, "full")
+    assert (cfg["objective"]["kl_warmup_steps"], cfg["objective"]["free_bits"], cfg["objective"]["free_bits_group"]) == (4, 0.1, 0)
+    betas = [json.loads(line)["beta"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert betas == [0.5, 1.0]  # annealed: beta at steps 3 and 6 of a 4-step warm-up
+    proc = cli("eval", run, "--protocol", "full", "--iw", "2", "--json", "--no-save")
+    result = json.loads(proc.stdout)
+    assert 0 <= result["active_units"] <= result["z_dim"] == 10

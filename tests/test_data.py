@@ -203,3 +203,13 @@ def test_binarize_draws_fresh_bernoulli_per_call():
     a, b = data.binarize(pixels), data.binarize(pixels)
     assert not torch.equal(a, b)
     assert abs(a.mean().item() - 0.3) < 0.01
+
+
+def test_corrupt_deflate_data_gives_clear_error(tmp_path):
+    good = gzip.compress(_header(0x08, [5000]) + np.random.default_rng(1).bytes(5000))
+    bad = bytearray(good)
+    bad[30:60] = b"\xff" * 30  # damage the deflate stream, keep the gzip header
+    path = tmp_path / "damaged-idx1-ubyte.gz"
+    path.write_bytes(bytes(bad))
+    with pytest.raises(DataError, match=str(path)):
+        data.read_idx(path)

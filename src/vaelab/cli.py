@@ -29,6 +29,12 @@ TRAIN_FLAGS = {
     "beta": "objective.beta",
     "objective": "objective.kind",
     "k": "objective.k",
+    "kl_warmup": "objective.kl_warmup_steps",
+    "free_bits": "objective.free_bits",
+    "free_bits_group": "objective.free_bits_group",
+    "prior": "model.prior",
+    "components": "model.prior_components",
+    "posterior": "model.posterior",
     "dataset": "data.dataset",
     "data_dir": "data.data_dir",
 }
@@ -72,6 +78,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--beta", type=float, help="KL weight; beta != 1 gives a beta-VAE (default 1)")
     p.add_argument("--objective", choices=("elbo", "iwae"), help="training objective (default elbo)")
     p.add_argument("--k", type=int, help="samples per input in the training objective (default 1)")
+    p.add_argument("--kl-warmup", type=int, metavar="STEPS", help="KL annealing: KL weight rises linearly from 0 to beta over STEPS (default 0: off)")
+    p.add_argument("--free-bits", type=float, metavar="LAMBDA", help="free bits: KL cost per group is max(LAMBDA, batch-mean KL) (default 0: off)")
+    p.add_argument("--free-bits-group", type=int, metavar="G", help="latent dimensions per free-bits group; 0 = all in one (default 1)")
+    p.add_argument("--prior", choices=("normal", "mog"), help="prior p(z): normal N(0, I) or mog, a learnable mixture (GMVAE) (default normal)")
+    p.add_argument("--components", type=int, help="mixture components when --prior mog (default 500)")
+    p.add_argument("--posterior", choices=("diagonal", "full"), help="q(z|x): diagonal or full covariance via a Cholesky factor (default diagonal)")
     p.add_argument("--dataset", choices=("mnist", "fashion-mnist"), help="training data (default mnist)")
     p.add_argument("--data-dir", help="data root holding mnist/ and fashion-mnist/ (default $VAELAB_DATA, else ~/.cache/vaelab)")
     p.add_argument("--device", help="cpu, cuda, cuda:N or auto (default auto)")

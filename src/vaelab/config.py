@@ -36,6 +36,12 @@ class ModelConfig:
     """Hidden layer widths of encoder and decoder MLPs ("v1": 300, 300)."""
     activation: str = "elu"
     """Hidden activation: elu, relu or tanh."""
+    prior: str = "normal"
+    """p(z): normal (N(0, I)) or mog (learnable mixture of Gaussians, uniform weights: GMVAE)."""
+    prior_components: int = 500
+    """Mixture components K when prior = mog (the reference uses 500)."""
+    posterior: str = "diagonal"
+    """q(z|x): diagonal (N(mu, diag sigma^2)) or full (N(mu, L L^T), Cholesky factor L)."""
 
 
 @dataclass
@@ -46,6 +52,12 @@ class ObjectiveConfig:
     """Samples z ~ q(z|x) per input in the training objective."""
     beta: float = 1.0
     """Weight of the KL term (beta-VAE); 1 is the plain VAE. Evaluation always uses beta = 1."""
+    kl_warmup_steps: int = 0
+    """KL annealing: the KL weight rises linearly from 0 to beta over this many steps (0: off)."""
+    free_bits: float = 0.0
+    """Free bits lambda, nats per group: the KL cost of a group is max(lambda, batch-mean KL) (0: off)."""
+    free_bits_group: int = 1
+    """Latent dimensions per free-bits group (1: per dimension; 0: one group of all dimensions)."""
 
 
 @dataclass
@@ -211,6 +223,16 @@ def validate(cfg: RunConfig) -> None:
         (cfg.objective.kind in ("elbo", "iwae"), "objective.kind", "must be elbo or iwae"),
         (cfg.objective.k >= 1, "objective.k", "must be >= 1"),
         (cfg.objective.beta >= 0, "objective.beta", "must be >= 0"),
+        (cfg.model.prior in ("normal", "mog"), "model.prior", "must be normal or mog"),
+        (cfg.model.prior_components >= 1, "model.prior_components", "must be >= 1"),
+        (cfg.model.posterior in ("diagonal", "full"), "model.posterior", "must be diagonal or full"),
+        (cfg.objective.kl_warmup_steps >= 0, "objective.kl_warmup_steps", "must be >= 0"),
+        (cfg.objective.free_bits >= 0, "objective.free_bits", "must be >= 0"),
+        (cfg.objective.free_bits_group >= 0, "objective.free_bits_group", "must be >= 0"),
+        (cfg.objective.free_bits == 0 or cfg.objective.kind == "elbo", "objective.free_bits", "applies to the elbo objective only"),
+        (cfg.objective.free_bits == 0 or cfg.objective.free_bits_group == 0
+         or (cfg.model.posterior == "diagonal" and cfg.model.prior == "normal"), "objective.free_bits_group",
+         "must be 0 (one group) unless the posterior is diagonal and the prior normal (per-dimension KL)"),
         (cfg.train.steps >= 1, "train.steps", "must be >= 1"),
         (cfg.train.batch_size >= 1, "train.batch_size", "must be >= 1"),
         (cfg.train.lr > 0, "train.lr", "must be > 0"),

@@ -14,6 +14,7 @@ import struct
 import tempfile
 import urllib.error
 import urllib.request
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,7 +71,7 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
                 if available != n_bytes:
                     raise DataError(f"{path}: IDX header declares shape {shape} ({n_bytes} bytes) but the file holds {available}")
             payload = _read_exactly(f, n_bytes, path, shape)
-    except (OSError, EOFError, gzip.BadGzipFile) as exc:
+    except (OSError, EOFError, zlib.error) as exc:
         if isinstance(exc, FileNotFoundError):
             raise DataError(f"{path}: file not found") from None
         raise DataError(f"{path}: cannot read ({exc})") from None
@@ -205,7 +206,7 @@ def download(spec: DatasetSpec, folder: Path, files: list[str], mirrors=None, ti
                     raise DataError(f"checksum mismatch for {url} (sha256 {got[:12]}..., expected {spec.sha256[base][:12]}...)")
                 os.replace(tmp, folder / (base + ".gz"))
                 break
-            except (OSError, urllib.error.URLError, ValueError, EOFError, gzip.BadGzipFile, DataError) as exc:
+            except (OSError, ValueError, EOFError, zlib.error, DataError) as exc:
                 errors.append(f"{url}: {getattr(exc, 'reason', exc)}")
             finally:
                 if os.path.exists(tmp):

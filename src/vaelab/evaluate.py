@@ -25,18 +25,23 @@ NELBO_REPEATS = {"cs236": 100, "full": 10}
 DEFAULT_BUDGET = 1 << 24  # elements in the largest (samples x images x pixels) tensor
 
 
-def _plan(n_images: int, n_samples: int, x_dim: int, budget: int) -> tuple[int, int]:
-    """Images per chunk and samples per chunk so that samples * images * x_dim <= budget."""
-    images = max(1, min(n_images, budget // (x_dim * n_samples)))
-    samples = max(1, min(n_samples, budget // (x_dim * images)))
+def _plan(n_images: int, n_samples: int, per_sample: int, budget: int) -> tuple[int, int]:
+    """Images per chunk and samples per chunk so that samples * images * per_sample <= budget."""
+    images = max(1, min(n_images, budget // (per_sample * n_samples)))
+    samples = max(1, min(n_samples, budget // (per_sample * images)))
     return images, samples
+
+
+def _per_sample(model, x: torch.Tensor) -> int:
+    """Elements of the largest per-sample intermediate: the decoder output, or a mixture prior's table."""
+    return getattr(model, "elements_per_sample", x.shape[1])
 
 
 @torch.inference_mode()
 def elbo_terms(model, x: torch.Tensor, repeats: int, budget: int = DEFAULT_BUDGET) -> dict:
     """Mean NELBO, KL and Rec over the images of x and `repeats` single-sample estimates each."""
-    n, x_dim = x.shape
-    images, samples = _plan(n, repeats, x_dim, budget)
+    n = x.shape[0]
+    images, samples = _plan(n, repeats, _per_sample(model, x), budget)
     kl_sum = rec_sum = 0.0
     for i in range(0, n, images):
         xc = x[i : i + images]
@@ -55,9 +60,9 @@ def elbo_terms(model, x: torch.Tensor, repeats: int, budget: int = DEFAULT_BUDGE
 def iwae_per_image(model, x: torch.Tensor, m: int, repeats: int = 1, budget: int = DEFAULT_BUDGET) -> torch.Tensor:
     """The IWAE-m bound log (1/m) sum_i w_i for each image, averaged over `repeats` independent
     estimates; shape (n,). Samples are drawn in chunks and their log-weights combined by logsumexp."""
-    n, x_dim = x.shape
+    n = x.shape[0]
     total = m * repeats
-    images, samples = _plan(n, total, x_dim, budget)
+    images, samples = _plan(n, total, _per_sample(model, x), budget)
     bounds = []
     for i in range(0, n, images):
         xc = x[i : i + images]
@@ -65,6 +70,15 @@ def iwae_per_image(model, x: torch.Tensor, m: int, repeats: int = 1, budget: int
         log_w = log_w.view(repeats, m, xc.shape[0])
         bounds.append((torch.logsumexp(log_w, dim=1) - math.log(m)).mean(0))
     return torch.cat(bounds)
+
+
+@torch.inference_mode()
+def active_units(model, x: torch.Tensor, threshold: float = 0.01, batch: int = 1000) -> tuple[int, torch.Tensor]:
+    """Burda et al.'s active units: dimension j is active if Var_x(E_q[z_j | x]) > threshold.
+    Returns the count and the per-dimension variances."""
+    means = torch.cat([model.posterior(x[i : i + batch]).mean for i in range(0, x.shape[0], batch)])
+    variances = means.var(0)
+    return int((variances > threshold).sum()), variances
 
 
 def evaluation_set(protocol: str, test: data_mod.ImageSet, binarize_seed: int = 0) -> torch.Tensor:
@@ -102,6 +116,9 @@ def evaluate(model, test: data_mod.ImageSet, protocol: str = "cs236", iws=None, 
             result[f"niwae_{m}"] = float(-bound.mean())
             if protocol == "full":
                 result[f"niwae_{m}_sem"] = float(bound.std() / math.sqrt(len(bound)))
+        if protocol == "full":
+            result["active_units"], variances = active_units(model, x)
+            result["z_dim"] = int(variances.shape[0])
     model.train(was_training)
     result["seconds"] = round(time.perf_counter() - start, 2)
     return result

@@ -18,12 +18,14 @@ class Terms:
 
     log_px_z: log p(x | z_i);  log_pz: log p(z_i);  log_qz: log q(z_i | x).
     kl: analytic KL(q(z|x) || p(z)) of shape (B,), or None where it has no closed form.
+    kl_dims: the analytic KL per latent dimension, (B, z_dim), where q and p both factorise.
     """
 
     log_px_z: torch.Tensor
     log_pz: torch.Tensor
     log_qz: torch.Tensor
     kl: torch.Tensor | None = None
+    kl_dims: torch.Tensor | None = None
 
     @property
     def k(self) -> int:
@@ -56,6 +58,29 @@ def iwae_bound(terms: Terms, beta: float = 1.0) -> torch.Tensor:
     return torch.logsumexp(terms.log_weights(beta), dim=0) - math.log(terms.k)
 
 
+def annealed_beta(step: int, beta: float = 1.0, warmup_steps: int = 0) -> float:
+    """KL annealing: beta rises linearly from 0 at step 0 to `beta` at `warmup_steps`, then stays."""
+    if warmup_steps <= 0:
+        return beta
+    return beta * min(1.0, step / warmup_steps)
+
+
+def free_bits_kl(terms: Terms, free_bits: float, group_size: int = 1) -> torch.Tensor:
+    """The free-bits KL of Kingma et al. (2016): sum over groups j of max(lambda, E_batch[KL_j]).
+
+    Latent dimensions are split into consecutive groups of `group_size` (the last may be smaller);
+    a group whose batch-mean KL is below `free_bits` nats costs the constant lambda, so the
+    objective stops pushing it towards the prior. group_size = 0 makes one group of all dimensions,
+    which needs only the total KL (analytic or Monte Carlo); other sizes need per-dimension KL,
+    i.e. a factorised posterior and prior."""
+    if group_size == 0:
+        return torch.clamp(kl_term(terms).mean(), min=free_bits)
+    if terms.kl_dims is None:
+        raise ValueError("free bits per group of dimensions needs per-dimension KL (diagonal posterior, factorised prior); use group size 0")
+    groups = terms.kl_dims.mean(0).split(group_size)
+    return torch.stack([torch.clamp(g.sum(), min=free_bits) for g in groups]).sum()
+
+
 @dataclass
 class LossOutput:
     """A training loss (scalar) and the batch means of the true (beta = 1) quantities for logging."""
@@ -66,16 +91,19 @@ class LossOutput:
     rec: torch.Tensor
 
 
-def loss(terms: Terms, kind: str = "elbo", beta: float = 1.0) -> LossOutput:
+def loss(terms: Terms, kind: str = "elbo", beta: float = 1.0, free_bits: float = 0.0, free_bits_group: int = 1) -> LossOutput:
     """The loss to minimise, averaged over the batch.
 
-    kind="elbo": rec + beta * KL (beta-VAE; beta = 1 is the VAE), averaged over the k samples.
+    kind="elbo": rec + beta * KL (beta-VAE; beta = 1 is the VAE), averaged over the k samples; with
+        free_bits > 0 the KL is replaced by free_bits_kl (per group of free_bits_group dimensions).
     kind="iwae": -log (1/k) sum_i p(x|z_i) (p(z_i)/q(z_i|x))^beta (Burda et al.; beta = 1 is the IWAE).
+    The logged nelbo / kl / rec are always the true single-sample ELBO terms (beta = 1, no free bits).
     """
     kl = kl_term(terms)
     rec = reconstruction_term(terms)
     if kind == "elbo":
-        value = (rec + beta * kl).mean()
+        kl_cost = free_bits_kl(terms, free_bits, free_bits_group) if free_bits > 0 else kl.mean()
+        value = rec.mean() + beta * kl_cost
     elif kind == "iwae":
         value = -iwae_bound(terms, beta).mean()
     else:

@@ -84,7 +84,9 @@ def train(cfg: RunConfig, run_dir: str | Path, progress: bool = True) -> dict:
     model.train()
     for step in range(1, cfg.train.steps + 1):
         x = data_mod.binarize(train_set.pixels(sampler.next()))
-        out = objectives.loss(model(x, cfg.objective.k), cfg.objective.kind, cfg.objective.beta)
+        beta = objectives.annealed_beta(step - 1, cfg.objective.beta, cfg.objective.kl_warmup_steps)
+        out = objectives.loss(model(x, cfg.objective.k), cfg.objective.kind, beta,
+                              cfg.objective.free_bits, cfg.objective.free_bits_group)
         optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
         optimizer.step()
@@ -94,7 +96,7 @@ def train(cfg: RunConfig, run_dir: str | Path, progress: bool = True) -> dict:
         if step % cfg.train.log_every == 0 or step == cfg.train.steps:
             means = (sums / since_log).tolist()
             elapsed = time.perf_counter() - start
-            record = {"step": step, "loss": means[0], "nelbo": means[1], "kl": means[2], "rec": means[3],
+            record = {"step": step, "loss": means[0], "nelbo": means[1], "kl": means[2], "rec": means[3], "beta": beta,
                       "seconds": round(elapsed, 3), "images_per_second": round(step * cfg.train.batch_size / elapsed, 1)}
             runs.append_jsonl(metrics_path, record)
             bar.set_postfix(loss=f"{means[0]:.2f}", kl=f"{means[2]:.2f}", rec=f"{means[3]:.2f}")
