@@ -160,7 +160,7 @@ def test_download_from_file_urls_then_load(tmp_path, tiny_data):
     for path in src.iterdir():
         (mirror / (path.name + ".gz")).write_bytes(gzip.compress(path.read_bytes()))
         sums[path.name] = hashlib.sha256(path.read_bytes()).hexdigest()
-    spec = data.DatasetSpec("tiny", "tiny", (mirror.as_uri() + "/",), sums)
+    spec = data.DatasetSpec("tiny", "tiny", "idx", {}, (mirror.as_uri() + "/",), {k: "sha256:" + v for k, v in sums.items()}, ".gz")
     data.download(spec, tmp_path / "root" / "tiny", sorted(sums))
     for name in sums:
         np.testing.assert_array_equal(data.read_idx(tmp_path / "root" / "tiny" / (name + ".gz")), data.read_idx(src / name))

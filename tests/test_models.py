@@ -11,22 +11,27 @@ from vaelab import objectives, runs
 from vaelab.config import ModelConfig, RunConfig, save_json
 from vaelab.errors import ConfigError, RunDirError
 from vaelab.models import MODELS, build_model
+from vaelab.train import training_loss
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
 @pytest.mark.parametrize("kind, k", [("elbo", 1), ("iwae", 4)])
 def test_every_model_trains_a_few_steps(name, kind, k):
-    cfg = ModelConfig(name=name, x_dim=784, z_dim=6, hidden=(32, 32))
-    model = build_model(cfg)
+    cfg = RunConfig()
+    cfg.model = ModelConfig(name=name, x_dim=784, z_dim=6, hidden=(32, 32))
+    cfg.objective.kind, cfg.objective.k = kind, k
+    model = build_model(cfg.model)
     x = torch.bernoulli(torch.rand(16, 784))
-    terms = model(x, k=k)
+    y = torch.randint(0, 10, (16,))
+    terms = model(x, k=k, y=y if model.conditional else None)
     for t in (terms.log_px_z, terms.log_pz, terms.log_qz):
         assert t.shape == (k, 16)
     assert terms.kl is None or terms.kl.shape == (16,)
+    batch = {"x": x, "y": y, "x_labelled": x[:10], "y_labelled": torch.arange(10)}
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     losses = []
     for _ in range(5):
-        out = objectives.loss(model(x, k), kind)
+        out = training_loss(model, batch, cfg, beta=1.0)
         opt.zero_grad()
         out.loss.backward()
         opt.step()
@@ -34,7 +39,8 @@ def test_every_model_trains_a_few_steps(name, kind, k):
     assert all(torch.isfinite(torch.tensor(losses)))
     assert losses[-1] < losses[0]
     assert model.sample(7).shape == (7, 784)
-    assert model.reconstruct(x).shape == (16, 784)
+    recon = model.reconstruct(x, y) if model.conditional else model.reconstruct(x)
+    assert recon.shape == (16, 784)
 
 
 def test_unknown_model_is_refused():

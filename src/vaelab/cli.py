@@ -11,6 +11,8 @@ import json
 import sys
 from pathlib import Path
 
+import torch
+
 from . import __version__
 from .config import list_presets, load_preset, parse_override, set_key
 from .errors import VaelabError
@@ -35,6 +37,10 @@ TRAIN_FLAGS = {
     "prior": "model.prior",
     "components": "model.prior_components",
     "posterior": "model.posterior",
+    "likelihood": "model.likelihood",
+    "decoder_variance": "model.decoder_variance",
+    "gen_weight": "objective.gen_weight",
+    "class_weight": "objective.class_weight",
     "dataset": "data.dataset",
     "data_dir": "data.data_dir",
 }
@@ -84,7 +90,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prior", choices=("normal", "mog"), help="prior p(z): normal N(0, I) or mog, a learnable mixture (GMVAE) (default normal)")
     p.add_argument("--components", type=int, help="mixture components when --prior mog (default 500)")
     p.add_argument("--posterior", choices=("diagonal", "full"), help="q(z|x): diagonal or full covariance via a Cholesky factor (default diagonal)")
-    p.add_argument("--dataset", choices=("mnist", "fashion-mnist"), help="training data (default mnist)")
+    p.add_argument("--likelihood", choices=("bernoulli", "gaussian", "gaussian-learned"),
+                   help="p(x|z): bernoulli on binarized pixels, or gaussian (fixed variance) / gaussian-learned on pixels in [0, 1]")
+    p.add_argument("--decoder-variance", type=float, help="variance of the gaussian likelihood (default 0.1)")
+    p.add_argument("--gen-weight", type=float, help="ssvae: weight of the unlabelled NELBO; 0 trains the classifier alone (default 1)")
+    p.add_argument("--class-weight", type=float, help="ssvae: weight of the labelled cross-entropy (default 100)")
+    p.add_argument("--dataset", choices=("mnist", "fashion-mnist", "svhn"), help="training data (default mnist)")
     p.add_argument("--data-dir", help="data root holding mnist/ and fashion-mnist/ (default $VAELAB_DATA, else ~/.cache/vaelab)")
     p.add_argument("--device", help="cpu, cuda, cuda:N or auto (default auto)")
     p.add_argument("--log-every", type=int, help="steps between metrics lines (default 100)")
@@ -112,7 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sample", help="write a grid of prior samples and a reconstruction grid",
                        description="Draw images from the prior (and reconstruct test images) as PNG grids.")
     p.add_argument("run_dir", type=Path, metavar="RUN_DIR")
-    p.add_argument("--n", type=_positive_int, default=200, help="number of prior samples (default 200)")
+    p.add_argument("--n", type=_positive_int, default=200,
+                   help="number of prior samples (default 200); conditional models draw n // 10 rows of z, one column per label")
     p.add_argument("--ncol", type=_positive_int, default=20, help="images per grid row (default 20)")
     p.add_argument("--out", type=Path, help="PNG for prior samples (default RUN_DIR/samples.png)")
     p.add_argument("--mode", choices=("mean", "sample"), default="mean",
@@ -173,7 +185,11 @@ def cmd_eval(args) -> int:
         print(json.dumps(result))
     else:
         print(f"{cfg.model.name} on {cfg.data.dataset}, protocol {args.protocol} ({result['images']} test images), nats:")
-        print(f"  NELBO {result['nelbo']:.2f}   KL {result['kl']:.2f}   Rec {result['rec']:.2f}")
+        print(f"  NELBO {result['nelbo']:.2f}   KL {result['kl']:.2f}   Rec {result['rec']:.2f}"
+              + (f"   (KL_z {result['kl_z']:.2f}, KL_y {result['kl_y']:.2f})" if "kl_y" in result else "")
+              + ("" if result["bound"] == "log p(x)" else "   [bounds on log p(x | y)]"))
+        if "accuracy" in result:
+            print(f"  accuracy {result['accuracy']:.4f} on {result['accuracy_images']} test images")
         for key, value in result.items():
             if key.startswith("niwae_") and not key.endswith("_sem"):
                 sem = result.get(f"{key}_sem")
@@ -183,23 +199,29 @@ def cmd_eval(args) -> int:
 
 
 def cmd_sample(args) -> int:
-    from . import data as data_mod
-    from .viz import prior_samples, reconstruction_pairs, save_grid
+    from . import evaluate
+    from .viz import prior_samples, reconstruction_pairs, save_grid, style_content
 
     model, cfg, device, load_test = _load(args)
-    shape = (28, 28) if cfg.model.x_dim == 784 else None
-    if shape is None:
-        raise VaelabError(f"{args.run_dir}: sample grids support 28x28 images, model has x_dim {cfg.model.x_dim}")
+    shape = tuple(cfg.model.image_shape)
+    if int(torch.tensor(shape).prod()) != cfg.model.x_dim:
+        raise VaelabError(f"{args.run_dir}: model.image_shape {shape} does not match model.x_dim {cfg.model.x_dim} in config.json")
     out = args.out or args.run_dir / "samples.png"
-    save_grid(out, prior_samples(model, args.n, args.seed, args.mode), args.ncol, shape)
-    print(f"wrote {out}")
+    if model.conditional:
+        # Style and content: each row one z draw, each column one label.
+        rows = max(1, args.n // cfg.model.classes)
+        save_grid(out, style_content(model, rows, args.seed), cfg.model.classes, shape)
+        print(f"wrote {out} ({rows} z draws x {cfg.model.classes} labels)")
+    else:
+        save_grid(out, prior_samples(model, args.n, args.seed, args.mode), args.ncol, shape)
+        print(f"wrote {out}")
     if not args.no_recon:
-        test = load_test()
-        x = data_mod.cs236_test_subset(test)[0][: args.recon_n] if cfg.data.dataset == "mnist" else \
-            data_mod.binarized_test_set(test)[: args.recon_n]
+        binary = not getattr(model.observation, "continuous", False)
+        x, y = evaluate.evaluation_set("cs236" if cfg.data.dataset == "mnist" else "full", load_test(), binary)
+        x, y = x[: args.recon_n], y[: args.recon_n]
         recon_out = args.recon_out or args.run_dir / "reconstructions.png"
         ncol = min(args.ncol, x.shape[0])
-        save_grid(recon_out, reconstruction_pairs(model, x, ncol), ncol, shape)
+        save_grid(recon_out, reconstruction_pairs(model, x, ncol, y if model.conditional else None), ncol, shape)
         print(f"wrote {recon_out}")
     return 0
 

@@ -30,6 +30,8 @@ class ModelConfig:
     """Registry key of the generative story (see vaelab.models.MODELS)."""
     x_dim: int = 784
     """Flattened input size; set from the dataset at training time."""
+    image_shape: tuple[int, ...] = (28, 28)
+    """Shape of one image, (H, W) or (C, H, W); set from the dataset at training time (for figures)."""
     z_dim: int = 10
     """Latent dimensionality."""
     hidden: tuple[int, ...] = (300, 300)
@@ -42,6 +44,13 @@ class ModelConfig:
     """Mixture components K when prior = mog (the reference uses 500)."""
     posterior: str = "diagonal"
     """q(z|x): diagonal (N(mu, diag sigma^2)) or full (N(mu, L L^T), Cholesky factor L)."""
+    likelihood: str = "bernoulli"
+    """p(x|z): bernoulli (binarized data), gaussian (fixed variance), gaussian-learned (learned per-pixel
+    variance); the Gaussian ones train and evaluate on continuous pixels in [0, 1], not binarized."""
+    decoder_variance: float = 0.1
+    """Variance of the gaussian likelihood (the reference FSVAE uses 0.1); initial value for gaussian-learned."""
+    classes: int = 10
+    """Number of labels y for the conditional (cvae) and semi-supervised (ssvae) models."""
 
 
 @dataclass
@@ -58,16 +67,24 @@ class ObjectiveConfig:
     """Free bits lambda, nats per group: the KL cost of a group is max(lambda, batch-mean KL) (0: off)."""
     free_bits_group: int = 1
     """Latent dimensions per free-bits group (1: per dimension; 0: one group of all dimensions)."""
+    gen_weight: float = 1.0
+    """ssvae: weight of the unlabelled NELBO (0 trains the classifier alone)."""
+    class_weight: float = 100.0
+    """ssvae: weight of the labelled cross-entropy."""
 
 
 @dataclass
 class DataConfig:
     dataset: str = "mnist"
-    """mnist or fashion-mnist."""
+    """mnist, fashion-mnist or svhn."""
     data_dir: typing.Optional[str] = None
     """Root holding mnist/ and fashion-mnist/; default $VAELAB_DATA, else ~/.cache/vaelab."""
     download: bool = True
     """Download missing files from the canonical mirrors (checksums verified)."""
+    labelled: str = "cs236"
+    """ssvae labelled subset: cs236 (the reference's 10 positions per digit; MNIST only) or random."""
+    labels_per_class: int = 10
+    """ssvae: labelled images per class when labelled = random."""
 
 
 @dataclass
@@ -226,6 +243,17 @@ def validate(cfg: RunConfig) -> None:
         (cfg.model.prior in ("normal", "mog"), "model.prior", "must be normal or mog"),
         (cfg.model.prior_components >= 1, "model.prior_components", "must be >= 1"),
         (cfg.model.posterior in ("diagonal", "full"), "model.posterior", "must be diagonal or full"),
+        (cfg.model.likelihood in ("bernoulli", "gaussian", "gaussian-learned"), "model.likelihood",
+         "must be bernoulli, gaussian or gaussian-learned"),
+        (cfg.model.decoder_variance > 0, "model.decoder_variance", "must be > 0"),
+        (cfg.model.classes >= 2, "model.classes", "must be >= 2"),
+        (cfg.objective.gen_weight >= 0, "objective.gen_weight", "must be >= 0"),
+        (cfg.objective.class_weight >= 0, "objective.class_weight", "must be >= 0"),
+        (cfg.data.dataset in ("mnist", "fashion-mnist", "svhn"), "data.dataset", "must be mnist, fashion-mnist or svhn"),
+        (cfg.data.labelled in ("cs236", "random"), "data.labelled", "must be cs236 or random"),
+        (cfg.data.labelled != "cs236" or cfg.data.dataset == "mnist" or cfg.model.name != "ssvae", "data.labelled",
+         "cs236 positions exist for mnist only; use random"),
+        (cfg.data.labels_per_class >= 1, "data.labels_per_class", "must be >= 1"),
         (cfg.objective.kl_warmup_steps >= 0, "objective.kl_warmup_steps", "must be >= 0"),
         (cfg.objective.free_bits >= 0, "objective.free_bits", "must be >= 0"),
         (cfg.objective.free_bits_group >= 0, "objective.free_bits_group", "must be >= 0"),

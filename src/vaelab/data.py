@@ -1,4 +1,4 @@
-"""Datasets: IDX reading, locating and downloading MNIST / Fashion-MNIST, binarization, cs236 subsets.
+"""Datasets: locating and downloading MNIST / Fashion-MNIST / SVHN, loading, binarization, cs236 subsets.
 
 Images are held as one uint8 tensor on the training device; batches are taken by index and
 binarized there (a fresh Bernoulli draw per batch), so no per-item Python runs in the hot path.
@@ -10,9 +10,7 @@ import gzip
 import hashlib
 import os
 import shutil
-import struct
 import tempfile
-import urllib.error
 import urllib.request
 import zlib
 from dataclasses import dataclass
@@ -22,137 +20,80 @@ import numpy as np
 import torch
 
 from .errors import DataError
-
-# IDX type codes -> big-endian numpy dtypes (http://yann.lecun.com/exdb/mnist/, "THE IDX FILE FORMAT").
-IDX_DTYPES = {
-    0x08: np.dtype(">u1"),
-    0x09: np.dtype(">i1"),
-    0x0B: np.dtype(">i2"),
-    0x0C: np.dtype(">i4"),
-    0x0D: np.dtype(">f4"),
-    0x0E: np.dtype(">f8"),
-}
-# Refuse headers claiming more than this before reading anything: no MNIST-like file comes close,
-# and a hostile header must not make us allocate terabytes.
-MAX_IDX_BYTES = 1 << 32
-_READ_CHUNK = 1 << 20
-
-
-def read_idx(path: str | os.PathLike) -> np.ndarray:
-    """Read an IDX file (raw or gzip-compressed) into a numpy array of its declared shape.
-
-    Raises DataError naming the file for a wrong magic number, an unknown type code, a declared
-    size that disagrees with the payload (truncated or trailing bytes), or an unreadable gzip stream.
-    """
-    path = Path(path)
-    try:
-        with open(path, "rb") as raw:
-            compressed = raw.read(2) == b"\x1f\x8b"
-        opener = gzip.open if compressed else open
-        with opener(path, "rb") as f:
-            header = f.read(4)
-            if len(header) < 4 or header[0] != 0 or header[1] != 0:
-                raise DataError(f"{path}: not an IDX file (bad magic number {header.hex() or 'empty'})")
-            type_code, ndim = header[2], header[3]
-            if type_code not in IDX_DTYPES:
-                raise DataError(f"{path}: unknown IDX type code 0x{type_code:02x}")
-            if ndim == 0:
-                raise DataError(f"{path}: IDX header declares zero dimensions")
-            dims_raw = f.read(4 * ndim)
-            if len(dims_raw) < 4 * ndim:
-                raise DataError(f"{path}: truncated IDX header")
-            shape = struct.unpack(f">{ndim}I", dims_raw)
-            dtype = IDX_DTYPES[type_code]
-            n_bytes = int(np.prod(shape, dtype=object)) * dtype.itemsize
-            if n_bytes > MAX_IDX_BYTES:
-                raise DataError(f"{path}: IDX header claims {n_bytes} bytes of data, more than the {MAX_IDX_BYTES} allowed")
-            if not compressed:
-                available = path.stat().st_size - 4 - 4 * ndim
-                if available != n_bytes:
-                    raise DataError(f"{path}: IDX header declares shape {shape} ({n_bytes} bytes) but the file holds {available}")
-            payload = _read_exactly(f, n_bytes, path, shape)
-    except (OSError, EOFError, zlib.error) as exc:
-        if isinstance(exc, FileNotFoundError):
-            raise DataError(f"{path}: file not found") from None
-        raise DataError(f"{path}: cannot read ({exc})") from None
-    return np.frombuffer(payload, dtype=dtype).reshape(shape).astype(dtype.newbyteorder("="))
-
-
-def _read_exactly(f, n_bytes: int, path: Path, shape) -> bytes:
-    # Chunked, so a lying header in a gzip stream cannot trigger one huge allocation.
-    chunks, got = [], 0
-    while got <= n_bytes:
-        chunk = f.read(min(_READ_CHUNK, n_bytes + 1 - got))
-        if not chunk:
-            break
-        chunks.append(chunk)
-        got += len(chunk)
-    if got != n_bytes:
-        detail = "is truncated" if got < n_bytes else "has trailing bytes"
-        raise DataError(f"{path}: IDX payload {detail} (header declares shape {tuple(shape)}, {n_bytes} bytes)")
-    return b"".join(chunks)
-
-
-def write_idx(path: str | os.PathLike, array: np.ndarray, compress: bool | None = None) -> None:
-    """Write an array as an IDX file (gzip if the name ends in .gz). Used by tests and tools."""
-    path = Path(path)
-    codes = {v.newbyteorder("="): k for k, v in IDX_DTYPES.items()}
-    code = codes.get(array.dtype.newbyteorder("="))
-    if code is None:
-        raise ValueError(f"dtype {array.dtype} has no IDX type code")
-    header = bytes([0, 0, code, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
-    payload = header + np.ascontiguousarray(array).astype(IDX_DTYPES[code]).tobytes()
-    compress = path.suffix == ".gz" if compress is None else compress
-    with (gzip.open if compress else open)(path, "wb") as f:
-        f.write(payload)
-
+from .formats import read_idx, read_svhn_mat, write_idx  # noqa: F401  (re-exported)
 
 @dataclass(frozen=True)
 class DatasetSpec:
-    """Where a dataset's IDX files live and how to check them.
+    """Where a dataset's files live, which files make each split, and how to check them.
 
-    `sha256` holds the digest of each file's *decompressed* bytes, so a file verifies whether it was
-    stored raw or gzipped and whichever mirror served it.
-    """
+    `checksums` maps each file to "algorithm:hexdigest" of its *decompressed* bytes (IDX files are
+    fetched gzipped but may be stored either way); `remote_suffix` is appended to a file's name on
+    the mirrors."""
 
     name: str
     folder: str
+    format: str  # "idx" or "svhn-mat"
+    splits: dict  # split -> tuple of file names (images first)
     mirrors: tuple[str, ...]
-    sha256: dict  # base file name -> sha256 of the uncompressed IDX bytes
+    checksums: dict
+    remote_suffix: str = ""
 
-    def file(self, split: str, kind: str) -> str:
-        prefix = {"train": "train", "test": "t10k"}[split]
-        return f"{prefix}-{kind}-idx{3 if kind == 'images' else 1}-ubyte"
+    def candidates(self, base: str) -> tuple[str, ...]:
+        return (base, base + ".gz") if self.format == "idx" else (base,)
+
+
+def _idx_splits():
+    return {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"), "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
 
 
 DATASETS = {
     "mnist": DatasetSpec(
         name="mnist",
         folder="mnist",
+        format="idx",
+        splits=_idx_splits(),
         mirrors=(
             "https://ossci-datasets.s3.amazonaws.com/mnist/",
             "https://storage.googleapis.com/cvdf-datasets/mnist/",
             "http://yann.lecun.com/exdb/mnist/",
         ),
-        sha256={
-            "train-images-idx3-ubyte": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
-            "train-labels-idx1-ubyte": "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
-            "t10k-images-idx3-ubyte": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
-            "t10k-labels-idx1-ubyte": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
+        checksums={
+            "train-images-idx3-ubyte": "sha256:ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+            "train-labels-idx1-ubyte": "sha256:65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+            "t10k-images-idx3-ubyte": "sha256:0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+            "t10k-labels-idx1-ubyte": "sha256:ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
         },
+        remote_suffix=".gz",
     ),
     "fashion-mnist": DatasetSpec(
         name="fashion-mnist",
         folder="fashion-mnist",
+        format="idx",
+        splits=_idx_splits(),
         mirrors=(
             "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
             "https://ossci-datasets.s3.amazonaws.com/fashion-mnist/",
         ),
-        sha256={
-            "train-images-idx3-ubyte": "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
-            "train-labels-idx1-ubyte": "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
-            "t10k-images-idx3-ubyte": "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
-            "t10k-labels-idx1-ubyte": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
+        checksums={
+            "train-images-idx3-ubyte": "sha256:c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+            "train-labels-idx1-ubyte": "sha256:bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+            "t10k-images-idx3-ubyte": "sha256:5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+            "t10k-labels-idx1-ubyte": "sha256:0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
+        },
+        remote_suffix=".gz",
+    ),
+    # The official cropped-digit files (http://ufldl.stanford.edu/housenumbers/); md5 as published
+    # with torchvision's SVHN dataset.
+    "svhn": DatasetSpec(
+        name="svhn",
+        folder="svhn",
+        format="svhn-mat",
+        splits={"train": ("train_32x32.mat",), "test": ("test_32x32.mat",), "extra": ("extra_32x32.mat",)},
+        mirrors=("http://ufldl.stanford.edu/housenumbers/",),
+        checksums={
+            "train_32x32.mat": "md5:e26dedcc434d2e4c54c9b2d4a06d8373",
+            "test_32x32.mat": "md5:eb5a983be6a315427106f1b164d9cef3",
+            "extra_32x32.mat": "md5:a93ce644f1a588dc4d68dda5feec44a7",
         },
     ),
 }
@@ -172,39 +113,41 @@ def resolve_data_root(data_dir: str | os.PathLike | None) -> tuple[Path, bool]:
     return default_cache_dir(), False
 
 
-def _existing(folder: Path, base: str) -> Path | None:
-    for name in (base, base + ".gz"):
+def _existing(spec: DatasetSpec, folder: Path, base: str) -> Path | None:
+    for name in spec.candidates(base):
         if (folder / name).is_file():
             return folder / name
     return None
 
 
-def _decompressed_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
+def file_digest(path: Path, algorithm: str) -> str:
+    """Hex digest of a file's bytes, decompressed first if it is gzip."""
+    digest = hashlib.new(algorithm)
     with open(path, "rb") as raw:
         compressed = raw.read(2) == b"\x1f\x8b"
     with (gzip.open if compressed else open)(path, "rb") as f:
-        for chunk in iter(lambda: f.read(_READ_CHUNK), b""):
+        for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
 
 
 def download(spec: DatasetSpec, folder: Path, files: list[str], mirrors=None, timeout: float = 30.0) -> None:
-    """Fetch `files` (base names) into `folder` as .gz, trying each mirror and verifying the sha256
-    of the decompressed bytes. A file is renamed into place only once verified."""
+    """Fetch `files` into `folder`, trying each mirror in turn and verifying each file's checksum.
+    A file is renamed into place only once verified; nothing partial is left behind."""
     folder.mkdir(parents=True, exist_ok=True)
     for base in files:
+        algorithm, expected = spec.checksums[base].split(":")
         errors = []
         for mirror in mirrors or spec.mirrors:
-            url = mirror.rstrip("/") + "/" + base + ".gz"
+            url = mirror.rstrip("/") + "/" + base + spec.remote_suffix
             fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{base}.", suffix=".part")
             try:
                 with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
                     shutil.copyfileobj(resp, out)
-                got = _decompressed_sha256(Path(tmp))
-                if got != spec.sha256[base]:
-                    raise DataError(f"checksum mismatch for {url} (sha256 {got[:12]}..., expected {spec.sha256[base][:12]}...)")
-                os.replace(tmp, folder / (base + ".gz"))
+                got = file_digest(Path(tmp), algorithm)
+                if got != expected:
+                    raise DataError(f"checksum mismatch for {url} ({algorithm} {got[:12]}..., expected {expected[:12]}...)")
+                os.replace(tmp, folder / (base + spec.remote_suffix))
                 break
             except (OSError, ValueError, EOFError, zlib.error, DataError) as exc:
                 errors.append(f"{url}: {getattr(exc, 'reason', exc)}")
@@ -215,8 +158,8 @@ def download(spec: DatasetSpec, folder: Path, files: list[str], mirrors=None, ti
             raise DataError("; ".join(errors))
 
 
-def locate(dataset: str, data_dir=None, download_missing: bool = True, mirrors=None) -> Path:
-    """The folder holding `dataset`'s four IDX files, downloading missing ones when allowed."""
+def locate(dataset: str, data_dir=None, download_missing: bool = True, mirrors=None, splits=None) -> Path:
+    """The folder holding `dataset`'s files for `splits` (default all), downloading missing ones when allowed."""
     if dataset not in DATASETS:
         raise DataError(f"unknown dataset {dataset!r} (choose from {', '.join(DATASETS)})")
     spec = DATASETS[dataset]
@@ -224,9 +167,10 @@ def locate(dataset: str, data_dir=None, download_missing: bool = True, mirrors=N
     if explicit and not root.is_dir():
         raise DataError(f"data directory {root} does not exist")
     folder = root / spec.folder
-    missing = [base for base in spec.sha256 if _existing(folder, base) is None]
+    wanted = [base for split in (splits or spec.splits) for base in spec.splits[split]]
+    missing = [base for base in wanted if _existing(spec, folder, base) is None]
     if missing:
-        expected = ", ".join(f"{base}[.gz]" for base in missing)
+        expected = ", ".join(base + ("[.gz]" if spec.format == "idx" else "") for base in missing)
         if not download_missing:
             raise DataError(f"{folder}: missing {expected} (downloads are off)")
         try:
@@ -238,7 +182,7 @@ def locate(dataset: str, data_dir=None, download_missing: bool = True, mirrors=N
 
 @dataclass
 class ImageSet:
-    """Images as uint8 (N, H, W) and labels as int64 (N,), both on one device."""
+    """Images as uint8 (N, H, W) or (N, C, H, W) and labels as int64 (N,), both on one device."""
 
     images: torch.Tensor
     labels: torch.Tensor
@@ -251,6 +195,10 @@ class ImageSet:
     def x_dim(self) -> int:
         return int(np.prod(self.images.shape[1:]))
 
+    @property
+    def image_shape(self) -> tuple[int, ...]:
+        return tuple(self.images.shape[1:])
+
     def to(self, device) -> "ImageSet":
         return ImageSet(self.images.to(device), self.labels.to(device), self.name)
 
@@ -260,14 +208,7 @@ class ImageSet:
         return images.reshape(images.shape[0], -1).float().div_(255.0)
 
 
-def load(dataset: str = "mnist", split: str = "train", data_dir=None, device="cpu", download_missing: bool = True) -> ImageSet:
-    """Load one split of an IDX dataset as an ImageSet on `device`."""
-    if split not in ("train", "test"):
-        raise DataError(f"unknown split {split!r} (choose train or test)")
-    spec = DATASETS.get(dataset)
-    folder = locate(dataset, data_dir, download_missing)
-    images_path = _existing(folder, spec.file(split, "images"))
-    labels_path = _existing(folder, spec.file(split, "labels"))
+def _load_idx(images_path: Path, labels_path: Path) -> tuple[np.ndarray, np.ndarray]:
     images, labels = read_idx(images_path), read_idx(labels_path)
     if images.ndim != 3 or images.dtype != np.uint8:
         raise DataError(f"{images_path}: expected uint8 images of shape (N, H, W), got {images.dtype} {images.shape}")
@@ -275,6 +216,17 @@ def load(dataset: str = "mnist", split: str = "train", data_dir=None, device="cp
         raise DataError(f"{labels_path}: expected {images.shape[0]} labels to match {images_path.name}, got shape {labels.shape}")
     if labels.size and (labels.min() < 0 or labels.max() > 9):
         raise DataError(f"{labels_path}: labels must lie in 0..9")
+    return images, labels
+
+
+def load(dataset: str = "mnist", split: str = "train", data_dir=None, device="cpu", download_missing: bool = True) -> ImageSet:
+    """Load one split of a dataset as an ImageSet on `device`."""
+    spec = DATASETS.get(dataset)
+    if spec is not None and split not in spec.splits:
+        raise DataError(f"unknown split {split!r} of {dataset} (choose from {', '.join(spec.splits)})")
+    folder = locate(dataset, data_dir, download_missing, splits=[split])
+    paths = [_existing(spec, folder, base) for base in spec.splits[split]]
+    images, labels = _load_idx(*paths) if spec.format == "idx" else read_svhn_mat(paths[0])
     return ImageSet(torch.from_numpy(images.copy()).to(device), torch.from_numpy(labels.astype(np.int64)).to(device), f"{dataset}-{split}")
 
 

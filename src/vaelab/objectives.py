@@ -7,9 +7,11 @@ samples z_1..z_k ~ q(z|x) for each of B inputs, and everything here is a functio
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
+from torch.nn import functional as nn_functional
+from torch.distributions import Distribution, Independent, Normal, kl_divergence
 
 
 @dataclass
@@ -34,6 +36,22 @@ class Terms:
     def log_weights(self, beta: float = 1.0) -> torch.Tensor:
         """log w_i = log p(x|z_i) + beta * (log p(z_i) - log q(z_i|x)), shape (k, B)."""
         return self.log_px_z + beta * (self.log_pz - self.log_qz)
+
+
+def _factorised_normal(d: Distribution) -> bool:
+    return isinstance(d, Independent) and isinstance(d.base_dist, Normal) and d.reinterpreted_batch_ndims == 1
+
+
+def kl_terms(q: Distribution, p: Distribution) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """(KL(q || p), KL per latent dimension): analytic where torch (or vaelab) registers the pair,
+    per dimension where both factorise; None where only a Monte Carlo estimate exists."""
+    if _factorised_normal(q) and _factorised_normal(p):
+        kl_dims = kl_divergence(q.base_dist, p.base_dist)
+        return kl_dims.sum(-1), kl_dims
+    try:
+        return kl_divergence(q, p), None
+    except NotImplementedError:
+        return None, None
 
 
 def kl_term(terms: Terms) -> torch.Tensor:
@@ -89,6 +107,7 @@ class LossOutput:
     nelbo: torch.Tensor
     kl: torch.Tensor
     rec: torch.Tensor
+    extras: dict = field(default_factory=dict)
 
 
 def loss(terms: Terms, kind: str = "elbo", beta: float = 1.0, free_bits: float = 0.0, free_bits_group: int = 1) -> LossOutput:
@@ -111,3 +130,46 @@ def loss(terms: Terms, kind: str = "elbo", beta: float = 1.0, free_bits: float =
     with torch.no_grad():
         nelbo = (rec + kl).mean()
     return LossOutput(loss=value, nelbo=nelbo, kl=kl.mean().detach(), rec=rec.mean().detach())
+
+
+# --- Semi-supervised (M2): the label is enumerated, not sampled. ---
+
+
+@dataclass
+class EnumeratedTerms:
+    """Terms of a model with a discrete latent y enumerated over its C values (Kingma et al. 2014, M2).
+
+    log_px_yz, log_pz, log_qz: (k, C, B) for k samples z ~ q(z | x, y) under each label y;
+    kl_z: analytic KL(q(z|x,y) || p(z)), (C, B), or None; log_qy: log q(y | x), (B, C); log_py: (C,).
+    """
+
+    log_px_yz: torch.Tensor
+    log_pz: torch.Tensor
+    log_qz: torch.Tensor
+    kl_z: torch.Tensor | None
+    log_qy: torch.Tensor
+    log_py: torch.Tensor
+
+
+def enumerated_elbo(terms: EnumeratedTerms) -> dict:
+    """The unlabelled NELBO of M2 per input, (B,) each, with y marginalised exactly:
+    NELBO = sum_y q(y|x) [Rec(x, y) + KL_z(x, y)] + KL(q(y|x) || p(y)).
+    Returns nelbo, rec, kl_z, kl_y."""
+    qy = terms.log_qy.exp().transpose(0, 1)  # (C, B)
+    rec_y = -terms.log_px_yz.mean(0)  # (C, B)
+    kl_z_y = terms.kl_z if terms.kl_z is not None else (terms.log_qz - terms.log_pz).mean(0)
+    rec = (qy * rec_y).sum(0)
+    kl_z = (qy * kl_z_y).sum(0)
+    kl_y = (qy * (terms.log_qy.transpose(0, 1) - terms.log_py.unsqueeze(-1))).sum(0)
+    return {"nelbo": rec + kl_z + kl_y, "rec": rec, "kl_z": kl_z, "kl_y": kl_y}
+
+
+def ssvae_loss(unlabelled: EnumeratedTerms, class_logits: torch.Tensor, labels: torch.Tensor,
+               gen_weight: float = 1.0, class_weight: float = 100.0) -> LossOutput:
+    """M2's training loss as in the cs236 reference: gen_weight * mean unlabelled NELBO (y enumerated)
+    + class_weight * mean cross-entropy of q(y|x) on the labelled batch."""
+    parts = enumerated_elbo(unlabelled)
+    ce = nn_functional.cross_entropy(class_logits, labels)
+    value = gen_weight * parts["nelbo"].mean() + class_weight * ce
+    return LossOutput(loss=value, nelbo=parts["nelbo"].mean().detach(), kl=(parts["kl_z"] + parts["kl_y"]).mean().detach(),
+                      rec=parts["rec"].mean().detach(), extras={"ce": ce.detach(), "kl_y": parts["kl_y"].mean().detach()})

@@ -17,7 +17,7 @@ from . import data as data_mod
 from . import objectives, runs
 from .config import RunConfig, save_json, validate
 from .errors import ConfigError, RunDirError
-from .models import build_model
+from .models import MODELS, build_model
 
 
 def resolve_device(name: str) -> torch.device:
@@ -61,6 +61,62 @@ def prepare_run_dir(run_dir: Path) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
 
 
+class Batches:
+    """Draws each step's batch by index from tensors on the device.
+
+    x is a fresh Bernoulli binarization of the pixels for a Bernoulli likelihood, the pixels themselves
+    otherwise; y are the labels. For semi-supervised models every batch also carries the whole
+    labelled subset (x_labelled, y_labelled), binarized afresh, as the cs236 reference does; the
+    unlabelled batch is drawn from the whole training set."""
+
+    def __init__(self, train_set: data_mod.ImageSet, cfg: RunConfig, semi_supervised: bool, device: torch.device):
+        self.train_set = train_set
+        self.binary = cfg.model.likelihood == "bernoulli"
+        self.sampler = IndexSampler(len(train_set), cfg.train.batch_size, device)
+        self.labelled = labelled_indices(train_set, cfg).to(device) if semi_supervised else None
+
+    def x(self, index: torch.Tensor) -> torch.Tensor:
+        pixels = self.train_set.pixels(index)
+        return data_mod.binarize(pixels) if self.binary else pixels
+
+    def next(self) -> dict:
+        index = self.sampler.next()
+        batch = {"x": self.x(index), "y": self.train_set.labels[index]}
+        if self.labelled is not None:
+            batch["x_labelled"] = self.x(self.labelled)
+            batch["y_labelled"] = self.train_set.labels[self.labelled]
+        return batch
+
+
+def labelled_indices(train_set: data_mod.ImageSet, cfg: RunConfig) -> torch.Tensor:
+    """The labelled subset: the cs236 positions, or labels_per_class random images of each class
+    (drawn with a generator of their own seeded by train.seed, so the choice depends on nothing else)."""
+    if cfg.data.labelled == "cs236":
+        return data_mod.subset_indices(train_set.labels, data_mod.CS236_TRAIN_LABELLED_POSITIONS)
+    labels = train_set.labels.cpu()
+    generator = torch.Generator().manual_seed(cfg.train.seed)
+    picked = []
+    for c in range(cfg.model.classes):
+        of_class = torch.nonzero(labels == c).flatten()
+        if len(of_class) < cfg.data.labels_per_class:
+            raise ConfigError(f"data.labels_per_class: class {c} has only {len(of_class)} training images")
+        picked.append(of_class[torch.randperm(len(of_class), generator=generator)[: cfg.data.labels_per_class]])
+    return torch.cat(picked)
+
+
+def training_loss(model: torch.nn.Module, batch: dict, cfg: RunConfig, beta: float) -> objectives.LossOutput:
+    """The objective of the run's model for one batch."""
+    if getattr(model, "semi_supervised", False):
+        gen_weight = cfg.objective.gen_weight
+        # With gen_weight 0 the NELBO is only logged: no graph is built for it.
+        with torch.set_grad_enabled(gen_weight > 0 and torch.is_grad_enabled()):
+            unlabelled = model.enumerate_labels(batch["x"], cfg.objective.k)
+        return objectives.ssvae_loss(unlabelled, model.classify(batch["x_labelled"]), batch["y_labelled"],
+                                     gen_weight, cfg.objective.class_weight)
+    terms = model(batch["x"], cfg.objective.k, y=batch["y"] if model.conditional else None)
+    return objectives.loss(terms, cfg.objective.kind, beta, cfg.objective.free_bits, cfg.objective.free_bits_group)
+
+
 def train(cfg: RunConfig, run_dir: str | Path, progress: bool = True) -> dict:
     """Train the model described by `cfg`, writing everything into `run_dir`. Returns the summary."""
     run_dir = Path(run_dir)
@@ -68,38 +124,39 @@ def train(cfg: RunConfig, run_dir: str | Path, progress: bool = True) -> dict:
     device = resolve_device(cfg.train.device)
     # Everything that can fail on user input happens before the run directory is created.
     train_set = data_mod.load(cfg.data.dataset, "train", cfg.data.data_dir, device, cfg.data.download)
-    cfg.model.x_dim = train_set.x_dim
+    cfg.model.x_dim, cfg.model.image_shape = train_set.x_dim, train_set.image_shape
     torch.manual_seed(cfg.train.seed)
-    sampler = IndexSampler(len(train_set), cfg.train.batch_size, device)
+    batches = Batches(train_set, cfg, getattr(MODELS.get(cfg.model.name), "semi_supervised", False), device)
     model = build_model(cfg.model).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
     prepare_run_dir(run_dir)
     save_json(cfg, run_dir / runs.CONFIG_FILE)
 
     metrics_path = run_dir / runs.METRICS_FILE
-    sums = torch.zeros(4, device=device)  # loss, nelbo, kl, rec summed since the last log line
+    names, sums = None, None  # logged scalars (loss, nelbo, kl, rec, extras) summed since the last log line
     since_log, start = 0, time.perf_counter()
     bar = tqdm(total=cfg.train.steps, disable=not progress, dynamic_ncols=True, mininterval=0.5, desc=f"train {cfg.model.name}")
     record: dict = {}
     model.train()
     for step in range(1, cfg.train.steps + 1):
-        x = data_mod.binarize(train_set.pixels(sampler.next()))
         beta = objectives.annealed_beta(step - 1, cfg.objective.beta, cfg.objective.kl_warmup_steps)
-        out = objectives.loss(model(x, cfg.objective.k), cfg.objective.kind, beta,
-                              cfg.objective.free_bits, cfg.objective.free_bits_group)
+        out = training_loss(model, batches.next(), cfg, beta)
         optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
         optimizer.step()
-        sums += torch.stack([out.loss.detach(), out.nelbo, out.kl, out.rec])
+        values = torch.stack([out.loss.detach(), out.nelbo, out.kl, out.rec, *out.extras.values()])
+        if sums is None:
+            names, sums = ["loss", "nelbo", "kl", "rec", *out.extras], torch.zeros_like(values)
+        sums += values
         since_log += 1
         bar.update(1)
         if step % cfg.train.log_every == 0 or step == cfg.train.steps:
-            means = (sums / since_log).tolist()
+            means = dict(zip(names, (sums / since_log).tolist()))
             elapsed = time.perf_counter() - start
-            record = {"step": step, "loss": means[0], "nelbo": means[1], "kl": means[2], "rec": means[3], "beta": beta,
+            record = {"step": step, **means, "beta": beta,
                       "seconds": round(elapsed, 3), "images_per_second": round(step * cfg.train.batch_size / elapsed, 1)}
             runs.append_jsonl(metrics_path, record)
-            bar.set_postfix(loss=f"{means[0]:.2f}", kl=f"{means[2]:.2f}", rec=f"{means[3]:.2f}")
+            bar.set_postfix(loss=f"{means['loss']:.2f}", kl=f"{means['kl']:.2f}", rec=f"{means['rec']:.2f}")
             sums.zero_()
             since_log = 0
         if step % cfg.train.checkpoint_every == 0 and step < cfg.train.steps:
@@ -116,7 +173,7 @@ def train(cfg: RunConfig, run_dir: str | Path, progress: bool = True) -> dict:
         "device": str(device),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
-        "final": {k: record[k] for k in ("loss", "nelbo", "kl", "rec")},
+        "final": {k: v for k, v in record.items() if k not in ("step", "beta", "seconds", "images_per_second")},
     }
     runs.atomic_write_text(run_dir / runs.SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
     return summary

@@ -5,10 +5,14 @@ from __future__ import annotations
 from torch import nn
 
 from ..errors import ConfigError
+from .cvae import ConditionalVAE
+from .ssvae import SSVAE
 from .vae import VAE
 
 MODELS: dict[str, type[nn.Module]] = {
     "vae": VAE,
+    "cvae": ConditionalVAE,
+    "ssvae": SSVAE,
 }
 
 
