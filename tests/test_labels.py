@@ -173,3 +173,14 @@ def test_cs236_labelled_subset_needs_mnist():
     with pytest.raises(ConfigError, match="data.labelled"):
         validate(cfg)
     assert isinstance(RunConfig(), RunConfig)
+
+
+def test_cs236_protocol_refused_for_other_datasets(tmp_path, tiny_data, capsys):
+    import shutil
+
+    shutil.copytree(tiny_data / "mnist", tmp_path / "fashion-mnist")
+    common = ["--steps", "2", "--hidden", "16", "--data-dir", str(tmp_path), "--no-progress"]
+    assert main(["train", "cvae", "--dataset", "fashion-mnist", *common, "--out", str(tmp_path / "run")]) == 0
+    assert main(["eval", str(tmp_path / "run")]) == 1
+    err = capsys.readouterr().err
+    assert "--protocol cs236" in err and "fashion-mnist" in err and len(err.strip().splitlines()) == 1

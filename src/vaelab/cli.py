@@ -176,6 +176,8 @@ def cmd_eval(args) -> int:
     from .runs import atomic_write_text
 
     model, cfg, _, load_test = _load(args)
+    if args.protocol == "cs236" and cfg.data.dataset != "mnist":
+        raise VaelabError(f"--protocol cs236 is defined on MNIST's test subset; {args.run_dir} was trained on {cfg.data.dataset}: use --protocol full")
     say = None if args.json else (lambda label: print(f"  {label} ...", file=sys.stderr, flush=True))
     result = evaluate(model, load_test(), args.protocol, args.iw, args.seed, args.budget, progress=say)
     result = {"run": str(args.run_dir), "model": cfg.model.name, "dataset": cfg.data.dataset, **result}
