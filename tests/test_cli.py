@@ -183,3 +183,43 @@ def test_train_settings_flags_reach_the_config(cli, tmp_path, tiny_data):
     proc = cli("eval", run, "--protocol", "full", "--iw", "2", "--json", "--no-save")
     result = json.loads(proc.stdout)
     assert 0 <= result["active_units"] <= result["z_dim"] == 10
+
+
+@pytest.mark.parametrize("kind", ["interpolation", "traversal", "latents", "kl", "curves"])
+def test_plot_kinds(cli, trained_run, tmp_path, kind):
+    import matplotlib.image
+
+    out = tmp_path / f"{kind}.png"
+    proc = cli("plot", trained_run, "--kind", kind, "--out", out, "--images", "300")
+    assert proc.returncode == 0, proc.stderr
+    image = matplotlib.image.imread(out)
+    assert image.shape[0] > 50 and image.shape[1] > 50
+    assert image.std() > 0.01  # not a blank canvas
+    if kind == "interpolation":
+        assert image.shape[:2] == (8 * 30 + 2, 10 * 30 + 2)  # 8 pairs x 10 steps
+    if kind == "traversal":
+        assert image.shape[:2] == (4 * 30 + 2, 9 * 30 + 2)  # z_dim 4 rows x 9 values
+
+
+def test_plot_kl_needs_factorised_kl(cli, tmp_path, tiny_data):
+    run = tmp_path / "full"
+    assert cli("train", "vae", "--posterior", "full", "--steps", "2", "--hidden", "16", "--data-dir", tiny_data,
+               "--out", run, "--no-progress").returncode == 0
+    _one_line_error(cli("plot", run, "--kind", "kl"), "--kind kl", "diagonal posterior")
+
+
+def test_compare_runs(cli, trained_run, tmp_path, tiny_data):
+    other = tmp_path / "beta4"
+    assert cli("train", "vae", "--beta", "4", "--steps", "20", "--log-every", "10", "--hidden", "16", "--z-dim", "3",
+               "--data-dir", tiny_data, "--out", other, "--no-progress").returncode == 0
+    assert cli("eval", other, "--iw", "1,10").returncode == 0
+    proc = cli("compare", trained_run, other, "--out", tmp_path / "cmp")
+    assert proc.returncode == 0, proc.stderr
+    table = (tmp_path / "cmp" / "compare.md").read_text().splitlines()
+    assert len(table) == 4 and "beta 4" in table[3] and "cs236.nelbo" in table[0]
+    import csv
+
+    rows = list(csv.DictReader(open(tmp_path / "cmp" / "compare.csv")))
+    assert [r["run"] for r in rows] == [trained_run.name, "beta4"]
+    assert (tmp_path / "cmp" / "curves.png").stat().st_size > 1000
+    _one_line_error(cli("compare", tmp_path / "nothing", "--out", tmp_path / "c2"), tmp_path / "nothing")

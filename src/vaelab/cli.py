@@ -1,4 +1,4 @@
-"""The `vaelab` command: train, eval and sample.
+"""The `vaelab` command: train, eval, sample, plot and compare.
 
 Errors a user can cause (missing data, corrupt files, bad options, an occupied run directory) end
 with one line on stderr naming the file or option, and a non-zero exit code.
@@ -135,7 +135,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed for z draws (default 0)")
     p.add_argument("--data-dir", help="data root for the test images (default: the run's)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default auto)")
+    p = sub.add_parser("plot", help="latent-space figures and training curves for a run",
+                       description="Figures of a trained run, written as PNG (default RUN_DIR/<kind>.png).")
+    p.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    p.add_argument("--kind", required=True, choices=PLOT_KINDS,
+                   help="interpolation: decoded lines between test images' posterior means; traversal: one latent "
+                        "dimension varied per row; latents: posterior means coloured by label (PCA beyond 2-D); "
+                        "kl: mean KL per latent dimension; curves: loss, KL and rec against step")
+    p.add_argument("--out", type=Path, help="output PNG (default RUN_DIR/<kind>.png)")
+    p.add_argument("--images", type=_positive_int, default=2000, help="test images for latents and kl (default 2000)")
+    p.add_argument("--data-dir", help="data root for the test images (default: the run's)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default auto)")
+
+    p = sub.add_parser("compare", help="one table and one plot for several runs",
+                       description="Put runs side by side: settings, training time, final training metrics and every "
+                                   "evaluation found in each run directory; training curves overlaid.")
+    p.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR")
+    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="folder for compare.md, compare.csv and curves.png")
     return parser
+
+
+PLOT_KINDS = ("interpolation", "traversal", "latents", "kl", "curves")
 
 
 def cmd_train(args) -> int:
@@ -228,7 +248,49 @@ def cmd_sample(args) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "sample": cmd_sample}
+def cmd_plot(args) -> int:
+    from . import evaluate, viz
+    from .runs import METRICS_FILE, read_jsonl
+
+    out = args.out or args.run_dir / f"{args.kind}.png"
+    if args.kind == "curves":
+        if not (args.run_dir / METRICS_FILE).is_file():
+            raise VaelabError(f"{args.run_dir}: no {METRICS_FILE}; not a vaelab run directory")
+        viz.training_curves({args.run_dir.name: read_jsonl(args.run_dir / METRICS_FILE)}, out)
+        print(f"wrote {out}")
+        return 0
+    model, cfg, device, load_test = _load(args)
+    binary = not getattr(model.observation, "continuous", False)
+    x, y = evaluate.evaluation_set("full", load_test(), binary)
+    labels = y if model.conditional else None
+    shape = tuple(cfg.model.image_shape)
+    with torch.no_grad():
+        if args.kind == "interpolation":
+            viz.save_grid(out, viz.interpolation(model, x, y=labels), 10, shape)
+        elif args.kind == "traversal":
+            viz.save_grid(out, viz.traversal(model, x, y=labels), 9, shape)
+        elif args.kind == "latents":
+            viz.latent_scatter(model, x[: args.images], y[: args.images], out, title=f"{args.run_dir.name}: posterior means")
+        else:
+            try:
+                kl = viz.kl_per_dimension(model, x[: args.images], None if labels is None else labels[: args.images])
+            except ValueError as exc:
+                raise VaelabError(f"--kind kl: {exc} ({args.run_dir} has posterior {cfg.model.posterior}, prior {cfg.model.prior})") from None
+            viz.kl_bar_chart(kl, out, title=f"{args.run_dir.name}: KL per dimension, total {float(kl.sum()):.2f} nats")
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from .report import compare_runs
+
+    table = compare_runs(args.run_dirs, args.out)
+    print(table)
+    print(f"wrote {args.out / 'compare.md'}, {args.out / 'compare.csv'}, {args.out / 'curves.png'}")
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "sample": cmd_sample, "plot": cmd_plot, "compare": cmd_compare}
 
 
 def main(argv=None) -> int:

@@ -64,3 +64,127 @@ def reconstruction_pairs(model, x: torch.Tensor, ncol: int, y: torch.Tensor | No
     for i in range(0, x.shape[0], ncol):
         rows += [x[i : i + ncol], recon[i : i + ncol]]
     return torch.cat(rows)
+
+
+# --- Latent-space figures (vaelab plot) ---
+
+
+@torch.no_grad()
+def _posterior_means(model, x: torch.Tensor, y: torch.Tensor | None = None, batch: int = 1000) -> torch.Tensor:
+    chunks = []
+    for i in range(0, x.shape[0], batch):
+        q = model.posterior(x[i : i + batch]) if y is None else model.posterior(x[i : i + batch], y[i : i + batch])
+        chunks.append(q.mean)
+    return torch.cat(chunks)
+
+
+def _decode(model, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+    return model.likelihood(z).mean if y is None else model.likelihood(z, y).mean
+
+
+@torch.no_grad()
+def interpolation(model, x: torch.Tensor, pairs: int = 8, steps: int = 10, y: torch.Tensor | None = None) -> torch.Tensor:
+    """Decoded straight lines between the posterior means of images (2i, 2i+1): (pairs * steps, x_dim).
+    Conditional models keep the first image's label along each line."""
+    means = _posterior_means(model, x[: 2 * pairs], None if y is None else y[: 2 * pairs])
+    t = torch.linspace(0, 1, steps, device=means.device).view(1, steps, 1)
+    z = means[0::2].unsqueeze(1) * (1 - t) + means[1::2].unsqueeze(1) * t  # (pairs, steps, z)
+    labels = None if y is None else y[: 2 * pairs : 2].repeat_interleave(steps)
+    return _decode(model, z.reshape(-1, z.shape[-1]), labels)
+
+
+@torch.no_grad()
+def traversal(model, x: torch.Tensor, span: float = 3.0, steps: int = 9, y: torch.Tensor | None = None) -> torch.Tensor:
+    """Row j varies latent dimension j over [-span, span] with the others at the posterior mean of x[0]:
+    (z_dim * steps, x_dim). Shows what each dimension encodes (disentanglement in beta-VAEs)."""
+    base = _posterior_means(model, x[:1], None if y is None else y[:1])[0]
+    z_dim = base.shape[0]
+    values = torch.linspace(-span, span, steps, device=base.device)
+    z = base.repeat(z_dim, steps, 1)  # (z_dim, steps, z_dim)
+    z[torch.arange(z_dim), :, torch.arange(z_dim)] = values
+    labels = None if y is None else y[:1].expand(z_dim * steps)
+    return _decode(model, z.reshape(-1, z_dim), labels)
+
+
+def pca_2d(points: torch.Tensor) -> torch.Tensor:
+    """Project points (N, D) on their first two principal components (identity for D = 2)."""
+    if points.shape[1] <= 2:
+        return points
+    centred = points - points.mean(0)
+    _, _, v = torch.linalg.svd(centred, full_matrices=False)
+    return centred @ v[:2].T
+
+
+def latent_scatter(model, x: torch.Tensor, labels: torch.Tensor, path, title: str = "") -> Path:
+    """Scatter of posterior means coloured by label: directly for 2-D latents, else a PCA projection."""
+    import matplotlib.pyplot as plt
+
+    means = _posterior_means(model, x, labels if getattr(model, "conditional", False) else None).cpu()
+    xy = pca_2d(means).numpy()
+    fig, ax = plt.subplots(figsize=(6, 5.5))
+    sc = ax.scatter(xy[:, 0], xy[:, 1], c=labels.cpu().numpy(), cmap="tab10", s=3, alpha=0.7, vmin=-0.5, vmax=9.5)
+    fig.colorbar(sc, ax=ax, ticks=range(10), label="label")
+    kind = "z" if means.shape[1] <= 2 else f"PCA of {means.shape[1]}-d posterior means"
+    ax.set(xlabel=f"{kind} 1" if means.shape[1] > 2 else "z1", ylabel=f"{kind} 2" if means.shape[1] > 2 else "z2", title=title)
+    return _save(fig, path)
+
+
+@torch.no_grad()
+def kl_per_dimension(model, x: torch.Tensor, y: torch.Tensor | None = None, batch: int = 1000) -> torch.Tensor:
+    """Mean analytic KL(q(z_j|x) || p(z_j)) per latent dimension over the images x, (z_dim,)."""
+    total = None
+    for i in range(0, x.shape[0], batch):
+        terms = model(x[i : i + batch], 1, y=None if y is None else y[i : i + batch])
+        if terms.kl_dims is None:
+            raise ValueError("KL per dimension needs a diagonal posterior and a factorised prior")
+        part = terms.kl_dims.sum(0)
+        total = part if total is None else total + part
+    return total / x.shape[0]
+
+
+def kl_bar_chart(kl: torch.Tensor, path, title: str = "", threshold: float = 0.01) -> Path:
+    import matplotlib.pyplot as plt
+
+    values = kl.cpu().numpy()
+    fig, ax = plt.subplots(figsize=(max(4, 0.35 * len(values) + 1), 3.5))
+    ax.bar(range(len(values)), values, color=["tab:blue" if v > threshold else "tab:gray" for v in values])
+    ax.set(xlabel="latent dimension", ylabel="mean KL (nats)", title=title or f"KL per dimension (total {values.sum():.2f} nats)")
+    ax.set_xticks(range(len(values)))
+    return _save(fig, path)
+
+
+def training_curves(histories: dict, path, keys=("loss", "kl", "rec")) -> Path:
+    """One panel per metric, one line per run: histories maps run name -> list of metrics.jsonl records."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.4), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        for name, records in histories.items():
+            points = [(r["step"], r[key]) for r in records if key in r]
+            if points:
+                steps, values = zip(*points)
+                ax.plot(steps, values, label=name, lw=1.2)
+        ax.set(xlabel="step", ylabel=key, title=key)
+        if key in ("loss", "nelbo", "rec"):
+            _clip_to_tail(ax, histories, key)
+    axes[0][0].legend(fontsize=7)
+    return _save(fig, path)
+
+
+def _clip_to_tail(ax, histories, key):
+    # Early steps are far above the rest; show the range of the last 90% of training.
+    tails = [r[key] for records in histories.values() for r in records[len(records) // 10 :] if key in r]
+    if tails:
+        low, high = min(tails), max(tails)
+        ax.set_ylim(low - 0.05 * (high - low + 1), high + 0.05 * (high - low + 1))
+
+
+def _save(fig, path) -> Path:
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
