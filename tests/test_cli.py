@@ -223,3 +223,16 @@ def test_compare_runs(cli, trained_run, tmp_path, tiny_data):
     assert [r["run"] for r in rows] == [trained_run.name, "beta4"]
     assert (tmp_path / "cmp" / "curves.png").stat().st_size > 1000
     _one_line_error(cli("compare", tmp_path / "nothing", "--out", tmp_path / "c2"), tmp_path / "nothing")
+
+
+def test_tensorboard_events_hold_scalars_and_images(trained_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(trained_run / "tensorboard"), size_guidance={"images": 0, "scalars": 0})
+    events.Reload()
+    tags = events.Tags()
+    assert {"train/loss", "train/nelbo", "train/kl", "train/rec"} <= set(tags["scalars"])
+    assert [e.step for e in events.Scalars("train/loss")] == [10, 20, 30, 40]
+    metrics = [json.loads(line) for line in (trained_run / "metrics.jsonl").read_text().splitlines()]
+    assert events.Scalars("train/nelbo")[-1].value == pytest.approx(metrics[-1]["nelbo"], rel=1e-5)
+    assert "samples" in tags["images"] and [e.step for e in events.Images("samples")] == [20, 40]

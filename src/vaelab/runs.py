@@ -5,6 +5,7 @@ Layout of RUN_DIR:
     model.safetensors              final weights
     checkpoints/step-NNNNNNN.safetensors   weights + Adam state (prefixes "model." / "optim.")
     metrics.jsonl                  one JSON object per logged training step
+    tensorboard/                   the same scalars and sample grids as TensorBoard event files
     summary.json                   wall time, steps, final training metrics
     eval-<protocol>.json           results of `vaelab eval`
 Weights are only ever read with safetensors, which never unpickles.
@@ -30,6 +31,7 @@ WEIGHTS_FILE = "model.safetensors"
 CHECKPOINT_DIR = "checkpoints"
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
+TENSORBOARD_DIR = "tensorboard"
 
 
 def atomic_write_bytes(path: Path, write) -> None:

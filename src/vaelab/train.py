@@ -117,6 +117,40 @@ def training_loss(model: torch.nn.Module, batch: dict, cfg: RunConfig, beta: flo
     return objectives.loss(terms, cfg.objective.kind, beta, cfg.objective.free_bits, cfg.objective.free_bits_group)
 
 
+class TensorBoard:
+    """TensorBoard event files beside metrics.jsonl: the logged scalars, and a grid of samples from
+    the model at every checkpoint (a style/content grid for conditional models)."""
+
+    def __init__(self, folder: Path, model: torch.nn.Module, cfg: RunConfig):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(str(folder))
+        self.model, self.cfg = model, cfg
+
+    def scalars(self, step: int, record: dict) -> None:
+        for key, value in record.items():
+            if key not in ("step", "seconds"):
+                self.writer.add_scalar(f"train/{key}", value, step)
+
+    @torch.no_grad()
+    def samples(self, step: int) -> None:
+        from .viz import image_grid
+
+        was_training = self.model.training
+        self.model.eval()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)  # the same z at every checkpoint, so the grids show training progress
+            images = self.model.style_content(6) if self.model.conditional else self.model.sample(60)
+        self.model.train(was_training)
+        ncol = self.cfg.model.classes if self.model.conditional else 10
+        grid = image_grid(images.clamp(0, 1), ncol, tuple(self.cfg.model.image_shape), pad_value=0.5)
+        self.writer.add_image("samples", grid, step, dataformats="HWC" if grid.ndim == 3 else "HW")
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
 def train(cfg: RunConfig, run_dir: str | Path, progress: bool = True) -> dict:
     """Train the model described by `cfg`, writing everything into `run_dir`. Returns the summary."""
     run_dir = Path(run_dir)
@@ -133,6 +167,7 @@ def train(cfg: RunConfig, run_dir: str | Path, progress: bool = True) -> dict:
     save_json(cfg, run_dir / runs.CONFIG_FILE)
 
     metrics_path = run_dir / runs.METRICS_FILE
+    board = TensorBoard(run_dir / runs.TENSORBOARD_DIR, model, cfg)
     names, sums = None, None  # logged scalars (loss, nelbo, kl, rec, extras) summed since the last log line
     since_log, start = 0, time.perf_counter()
     bar = tqdm(total=cfg.train.steps, disable=not progress, dynamic_ncols=True, mininterval=0.5, desc=f"train {cfg.model.name}")
@@ -156,13 +191,17 @@ def train(cfg: RunConfig, run_dir: str | Path, progress: bool = True) -> dict:
             record = {"step": step, **means, "beta": beta,
                       "seconds": round(elapsed, 3), "images_per_second": round(step * cfg.train.batch_size / elapsed, 1)}
             runs.append_jsonl(metrics_path, record)
+            board.scalars(step, record)
             bar.set_postfix(loss=f"{means['loss']:.2f}", kl=f"{means['kl']:.2f}", rec=f"{means['rec']:.2f}")
             sums.zero_()
             since_log = 0
         if step % cfg.train.checkpoint_every == 0 and step < cfg.train.steps:
             runs.save_checkpoint(run_dir, model, optimizer, step, cfg.train.keep_checkpoints)
+            board.samples(step)
     bar.close()
     train_seconds = time.perf_counter() - start
+    board.samples(cfg.train.steps)
+    board.close()
     runs.save_checkpoint(run_dir, model, optimizer, cfg.train.steps, cfg.train.keep_checkpoints)
     runs.save_weights(run_dir, model)
     summary = {
