@@ -1,4 +1,4 @@
-"""The `vaelab` command: train, eval, sample, plot and compare.
+"""The `vaelab` command: train, eval, sample, plot, compare and reproduce.
 
 Errors a user can cause (missing data, corrupt files, bad options, an occupied run directory) end
 with one line on stderr naming the file or option, and a non-zero exit code.
@@ -152,6 +152,19 @@ def build_parser() -> argparse.ArgumentParser:
                                    "evaluation found in each run directory; training curves overlaid.")
     p.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR")
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="folder for compare.md, compare.csv and curves.png")
+    p = sub.add_parser("reproduce", help="run a suite of reference experiments and write a report",
+                       description="Train and evaluate the assignment's experiments with the reference settings, then write "
+                                   "OUT/report.md and OUT/report.html (metrics beside the write-ups' numbers, figures, wall times). "
+                                   "Finished runs under OUT/runs are reused.")
+    p.add_argument("suite", choices=("cs236",), help="cs236: VAE, GMVAE, SSVAE (gen_weight 0 and 1), conditional VAE")
+    p.add_argument("--out", type=Path, required=True, metavar="DIR")
+    p.add_argument("--quick", action="store_true", help="short schedules (a few minutes in all on 2 CPU cores), for smoke tests")
+    p.add_argument("--runs", type=_positive_int, default=1, help="repeat each experiment with seeds 0..N-1 and report mean and std (default 1)")
+    p.add_argument("--steps", type=_positive_int, help="train every experiment for this many steps (overrides the schedule)")
+    p.add_argument("--only", help="comma-separated experiment names (vae, gmvae, ssvae_gen0, ssvae, cvae)")
+    p.add_argument("--data-dir", help="data root (default $VAELAB_DATA, else ~/.cache/vaelab)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default auto)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser
 
 
@@ -221,30 +234,14 @@ def cmd_eval(args) -> int:
 
 
 def cmd_sample(args) -> int:
-    from . import evaluate
-    from .viz import prior_samples, reconstruction_pairs, save_grid, style_content
+    from .viz import write_sample_grids
 
-    model, cfg, device, load_test = _load(args)
-    shape = tuple(cfg.model.image_shape)
-    if int(torch.tensor(shape).prod()) != cfg.model.x_dim:
-        raise VaelabError(f"{args.run_dir}: model.image_shape {shape} does not match model.x_dim {cfg.model.x_dim} in config.json")
-    out = args.out or args.run_dir / "samples.png"
-    if model.conditional:
-        # Style and content: each row one z draw, each column one label.
-        rows = max(1, args.n // cfg.model.classes)
-        save_grid(out, style_content(model, rows, args.seed), cfg.model.classes, shape)
-        print(f"wrote {out} ({rows} z draws x {cfg.model.classes} labels)")
-    else:
-        save_grid(out, prior_samples(model, args.n, args.seed, args.mode), args.ncol, shape)
-        print(f"wrote {out}")
-    if not args.no_recon:
-        binary = not getattr(model.observation, "continuous", False)
-        x, y = evaluate.evaluation_set("cs236" if cfg.data.dataset == "mnist" else "full", load_test(), binary)
-        x, y = x[: args.recon_n], y[: args.recon_n]
-        recon_out = args.recon_out or args.run_dir / "reconstructions.png"
-        ncol = min(args.ncol, x.shape[0])
-        save_grid(recon_out, reconstruction_pairs(model, x, ncol, y if model.conditional else None), ncol, shape)
-        print(f"wrote {recon_out}")
+    model, cfg, _, load_test = _load(args)
+    written = write_sample_grids(model, cfg, None if args.no_recon else load_test(), args.out or args.run_dir / "samples.png",
+                                 args.recon_out or args.run_dir / "reconstructions.png", n=args.n, ncol=args.ncol,
+                                 seed=args.seed, mode=args.mode, recon_n=args.recon_n)
+    for path in written:
+        print(f"wrote {path}")
     return 0
 
 
@@ -281,6 +278,24 @@ def cmd_plot(args) -> int:
     return 0
 
 
+def cmd_reproduce(args) -> int:
+    from .reproduce import SUITES, reproduce
+
+    only = None
+    if args.only:
+        only = [name.strip() for name in args.only.split(",") if name.strip()]
+        known = {e.name for e in SUITES[args.suite]}
+        unknown = sorted(set(only) - known)
+        if unknown:
+            raise VaelabError(f"--only: unknown experiment(s) {', '.join(unknown)} (choose from {', '.join(sorted(known))})")
+    data_dir = str(Path(args.data_dir).expanduser().resolve()) if args.data_dir else None
+    report = reproduce(args.suite, args.out, quick=args.quick, runs=args.runs, data_dir=data_dir, device=args.device,
+                       steps=args.steps, progress=not args.no_progress, only=only)
+    print(report.read_text())
+    print(f"wrote {report} and {report.with_suffix('.html')}")
+    return 0
+
+
 def cmd_compare(args) -> int:
     from .report import compare_runs
 
@@ -290,7 +305,7 @@ def cmd_compare(args) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "sample": cmd_sample, "plot": cmd_plot, "compare": cmd_compare}
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "sample": cmd_sample, "plot": cmd_plot, "compare": cmd_compare, "reproduce": cmd_reproduce}
 
 
 def main(argv=None) -> int:

@@ -131,7 +131,7 @@ def evaluate(model, test: data_mod.ImageSet, protocol: str = "cs236", iws=None, 
     given, is called with a short label before each stage."""
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol {protocol!r}")
-    iws = tuple(iws or DEFAULT_IW[protocol])
+    iws = DEFAULT_IW[protocol] if iws is None else tuple(iws)
     binary = not getattr(getattr(model, "observation", None), "continuous", False)
     x, y = evaluation_set(protocol, test, binary)
     labels = y if getattr(model, "conditional", False) else None  # conditional models bound log p(x | y)

@@ -66,6 +66,32 @@ def reconstruction_pairs(model, x: torch.Tensor, ncol: int, y: torch.Tensor | No
     return torch.cat(rows)
 
 
+def write_sample_grids(model, cfg, test, out, recon_out, n: int = 200, ncol: int = 20, seed: int = 0,
+                       mode: str = "mean", recon_n: int = 60) -> list[Path]:
+    """The sample grid (a style/content grid for conditional models) and, when `test` is given, the
+    reconstruction grid of a run's model. Returns the paths written."""
+    from .errors import VaelabError
+    from .evaluate import evaluation_set
+
+    shape = tuple(cfg.model.image_shape)
+    if int(np.prod(shape)) != cfg.model.x_dim:
+        raise VaelabError(f"model.image_shape {shape} does not match model.x_dim {cfg.model.x_dim} in config.json")
+    if model.conditional:
+        save_grid(out, style_content(model, max(1, n // cfg.model.classes), seed), cfg.model.classes, shape)
+    else:
+        save_grid(out, prior_samples(model, n, seed, mode), ncol, shape)
+    written = [Path(out)]
+    if test is not None:
+        binary = not getattr(model.observation, "continuous", False)
+        x, y = evaluation_set("cs236" if cfg.data.dataset == "mnist" else "full", test, binary)
+        x, y = x[:recon_n], y[:recon_n]
+        ncol = min(ncol, x.shape[0])
+        with torch.no_grad():
+            save_grid(recon_out, reconstruction_pairs(model, x, ncol, y if model.conditional else None), ncol, shape)
+        written.append(Path(recon_out))
+    return written
+
+
 # --- Latent-space figures (vaelab plot) ---
 
 
