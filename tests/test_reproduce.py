@@ -51,3 +51,55 @@ def test_unknown_experiment_is_refused(tmp_path, capsys):
 
 def test_suite_covers_the_assignment():
     assert [e.name for e in CS236] == ["vae", "gmvae", "ssvae_gen0", "ssvae", "cvae"]
+
+
+CHECK_SCRIPT = """
+<script>
+window.addEventListener('load', () => {
+  const images = [...document.images];
+  const result = {
+    tables: document.querySelectorAll('table').length,
+    rows: document.querySelectorAll('tbody tr').length,
+    images: images.length,
+    rendered: images.filter(img => img.complete && img.naturalWidth > 0).length,
+    tableWidth: Math.min(...[...document.querySelectorAll('table')].map(t => t.getBoundingClientRect().width)),
+  };
+  document.body.setAttribute('data-check', JSON.stringify(result));
+});
+</script>
+"""
+
+
+def _chromium():
+    import os
+    import shutil
+
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is not installed; .ci/run installs Debian's chromium package")
+        pytest.skip("chromium not installed")
+    return path
+
+
+def test_html_report_renders_in_headless_chromium(report_dir, tmp_path):
+    import html as html_mod
+    import re
+    import subprocess
+
+    page = report_dir / "check.html"  # beside report.html, so the relative figure paths resolve
+    page.write_text((report_dir / "report.html").read_text().replace("</body>", CHECK_SCRIPT + "</body>"))
+    proc = subprocess.run(
+        [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}",
+         "--virtual-time-budget=10000", "--dump-dom", page.as_uri()],
+        capture_output=True, text=True, timeout=120)
+    match = re.search(r'data-check="([^"]*)"', proc.stdout)
+    assert match, proc.stderr[-2000:]
+    result = json.loads(html_mod.unescape(match.group(1)))
+    report = (report_dir / "report.html").read_text()
+    assert result["tables"] == report.count("<table>") >= 1
+    assert result["rows"] == report.count("<tr>") - result["tables"]  # header rows are in thead
+    assert result["images"] == report.count("<img ") >= 3
+    assert result["rendered"] == result["images"], "some figures did not load"
+    assert result["tableWidth"] > 100
