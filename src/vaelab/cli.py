@@ -73,8 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a model into a new run directory",
                        description="Train a model from a preset (defaults as in REFERENCE.md) into a new run directory.")
-    p.add_argument("model", help=f"preset name ({', '.join(list_presets())}) or a .toml preset file")
-    p.add_argument("--out", required=True, type=Path, metavar="RUN_DIR", help="new (or empty) run directory to write")
+    p.add_argument("model", nargs="?", help=f"preset name ({', '.join(list_presets())}) or a .toml preset file")
+    p.add_argument("--out", type=Path, metavar="RUN_DIR", help="new (or empty) run directory to write")
+    p.add_argument("--resume", type=Path, metavar="RUN_DIR",
+                   help="continue RUN_DIR from its newest checkpoint (model, Adam, step, RNG, batch order); "
+                        "only --steps, --device and --no-progress may be given with it")
     p.add_argument("--steps", type=int, help="optimiser steps (default 20000)")
     p.add_argument("--batch-size", type=int, help="images per step (default 100)")
     p.add_argument("--lr", type=float, help="Adam learning rate (default 1e-3)")
@@ -172,8 +175,27 @@ PLOT_KINDS = ("interpolation", "traversal", "latents", "kl", "curves")
 
 
 def cmd_train(args) -> int:
+    from .config import load_json
+    from .runs import CONFIG_FILE
     from .train import train
 
+    if args.resume is not None:
+        allowed = {"steps", "device"}
+        given = [f"--{flag.replace('_', '-')}" for flag in TRAIN_FLAGS if getattr(args, flag) is not None and flag not in allowed]
+        given += ["--set"] * bool(args.set) + ["--no-download"] * args.no_download + ["--out"] * (args.out is not None)
+        if args.model is not None or given:
+            raise VaelabError(f"--resume continues the run's saved config; drop {', '.join(([args.model] if args.model else []) + given)}")
+        if not (args.resume / CONFIG_FILE).is_file():
+            raise VaelabError(f"--resume: {args.resume} is not a vaelab run directory (no {CONFIG_FILE})")
+        cfg = load_json(args.resume / CONFIG_FILE)
+        for flag in allowed:
+            if getattr(args, flag) is not None:
+                set_key(cfg, TRAIN_FLAGS[flag], getattr(args, flag))
+        args.out = args.resume
+        summary = train(cfg, args.resume, progress=not args.no_progress, resume=True)
+        return _report_training(summary, cfg, args.out)
+    if args.model is None or args.out is None:
+        raise VaelabError("give a model or preset and --out RUN_DIR (or --resume RUN_DIR)")
     cfg = load_preset(args.model)
     for flag, key in TRAIN_FLAGS.items():
         value = getattr(args, flag)
@@ -185,11 +207,14 @@ def cmd_train(args) -> int:
         cfg.data.download = False
     for text in args.set:
         set_key(cfg, *parse_override(text))
-    summary = train(cfg, args.out, progress=not args.no_progress)
+    return _report_training(train(cfg, args.out, progress=not args.no_progress), cfg, args.out)
+
+
+def _report_training(summary: dict, cfg, run_dir) -> int:
     final = summary["final"]
     print(f"trained {summary['model']} for {summary['steps']} steps in {summary['train_seconds']:.1f} s "
           f"({summary['images_per_second']:.0f} images/s); last {cfg.train.log_every} steps: "
-          f"NELBO {final['nelbo']:.2f}, KL {final['kl']:.2f}, Rec {final['rec']:.2f}; run directory {args.out}")
+          f"NELBO {final['nelbo']:.2f}, KL {final['kl']:.2f}, Rec {final['rec']:.2f}; run directory {run_dir}")
     return 0
 
 

@@ -76,19 +76,35 @@ def load_optimizer_tensors(optimizer: torch.optim.Optimizer, tensors: dict, meta
     optimizer.load_state_dict({"state": state, "param_groups": json.loads(metadata["param_groups"])})
 
 
-def save_checkpoint(run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, step: int, keep: int) -> Path:
-    """Write checkpoints/step-NNNNNNN.safetensors atomically and prune all but the newest `keep`."""
+def save_checkpoint(run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, step: int, keep: int,
+                    state: dict | None = None, state_metadata: dict | None = None) -> Path:
+    """Write checkpoints/step-NNNNNNN.safetensors atomically and prune all but the newest `keep`.
+
+    The file holds the model ("model."), Adam's state ("optim.") and the training loop's own state
+    ("state.": RNG, batch order, partial log sums), so a run can resume exactly where it was."""
     folder = Path(run_dir) / CHECKPOINT_DIR
     folder.mkdir(exist_ok=True)
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
     optim, metadata = optimizer_tensors(optimizer)
     tensors.update(optim)
+    tensors.update({f"state.{k}": v for k, v in (state or {}).items()})
+    metadata.update({k: str(v) for k, v in (state_metadata or {}).items()})
     metadata["step"] = str(step)
     path = folder / f"step-{step:07d}.safetensors"
     atomic_write_bytes(path, lambda tmp: save_file(_contiguous_cpu(tensors), tmp, metadata=metadata))
     for old in sorted(folder.glob("step-*.safetensors"))[:-keep]:
         old.unlink()
     return path
+
+
+def read_checkpoint(path: Path, device="cpu") -> tuple[dict, dict]:
+    """(tensors, metadata) of a checkpoint, read with safetensors only."""
+    from safetensors import safe_open
+
+    tensors = read_safetensors(path, device)
+    with safe_open(str(path), "pt") as f:
+        metadata = f.metadata() or {}
+    return tensors, metadata
 
 
 def save_weights(run_dir: Path, model: torch.nn.Module) -> None:
@@ -132,6 +148,12 @@ def load_run(run_dir: str | os.PathLike, device="cpu") -> tuple[torch.nn.Module,
         first = str(exc).strip().splitlines()[0]
         raise RunDirError(f"{run_dir}: weights do not match config.json ({first})") from None
     return model.to(device).eval(), cfg
+
+
+def truncate_jsonl(path: Path, last_step: int) -> None:
+    """Drop metrics logged after `last_step` (they are re-logged when a resumed run redoes those steps)."""
+    kept = [r for r in read_jsonl(path) if r.get("step", 0) <= last_step]
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
 
 
 def append_jsonl(path: Path, record: dict) -> None:

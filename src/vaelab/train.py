@@ -121,10 +121,11 @@ class TensorBoard:
     """TensorBoard event files beside metrics.jsonl: the logged scalars, and a grid of samples from
     the model at every checkpoint (a style/content grid for conditional models)."""
 
-    def __init__(self, folder: Path, model: torch.nn.Module, cfg: RunConfig):
+    def __init__(self, folder: Path, model: torch.nn.Module, cfg: RunConfig, purge_step: int | None = None):
         from torch.utils.tensorboard import SummaryWriter
 
-        self.writer = SummaryWriter(str(folder))
+        # purge_step drops events a killed run logged after its last checkpoint.
+        self.writer = SummaryWriter(str(folder), purge_step=purge_step)
         self.model, self.cfg = model, cfg
 
     def scalars(self, step: int, record: dict) -> None:
@@ -138,7 +139,9 @@ class TensorBoard:
 
         was_training = self.model.training
         self.model.eval()
-        with torch.random.fork_rng(devices=[]):
+        device = next(self.model.parameters()).device
+        # Forked RNG: drawing these samples must not change the training run's random stream.
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(0)  # the same z at every checkpoint, so the grids show training progress
             images = self.model.style_content(6) if self.model.conditional else self.model.sample(60)
         self.model.train(was_training)
@@ -151,8 +154,37 @@ class TensorBoard:
         self.writer.close()
 
 
-def train(cfg: RunConfig, run_dir: str | Path, progress: bool = True) -> dict:
-    """Train the model described by `cfg`, writing everything into `run_dir`. Returns the summary."""
+def _restore(run_dir: Path, model, optimizer, batches: Batches, device: torch.device):
+    """Load the newest checkpoint of run_dir into model, optimizer and batch sampler; restore the RNG.
+    Returns (step, log names, partial log sums, steps since the last log line, elapsed seconds)."""
+    path = runs.latest_checkpoint(run_dir)
+    if path is None:
+        raise RunDirError(f"--resume: {run_dir} has no checkpoint to resume from")
+    tensors, metadata = runs.read_checkpoint(path)
+    try:
+        model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
+        runs.load_optimizer_tensors(optimizer, tensors, metadata)
+    except (RuntimeError, KeyError, ValueError) as exc:
+        raise RunDirError(f"--resume: {path} does not match {run_dir / runs.CONFIG_FILE} ({str(exc).splitlines()[0]})") from None
+    order = tensors.get("state.batch_order")
+    if order is None or order.shape[0] != batches.sampler.n:
+        raise RunDirError(f"--resume: {path} lacks the batch order of this dataset")
+    batches.sampler.order = order.to(device)
+    batches.sampler.pos = int(metadata["batch_position"])
+    torch.set_rng_state(tensors["state.rng_cpu"])
+    if device.type == "cuda" and "state.rng_cuda" in tensors:
+        torch.cuda.set_rng_state(tensors["state.rng_cuda"], device)
+    names = json.loads(metadata.get("log_names", "null"))
+    sums = tensors["state.log_sums"].to(device) if "state.log_sums" in tensors else None
+    return int(metadata["step"]), names, sums, int(metadata.get("since_log", 0)), float(metadata.get("elapsed_seconds", 0))
+
+
+def train(cfg: RunConfig, run_dir: str | Path, progress: bool = True, resume: bool = False) -> dict:
+    """Train the model described by `cfg`, writing everything into `run_dir`. Returns the summary.
+
+    With resume=True, `run_dir` must hold an earlier run of the same config: training continues from
+    its newest checkpoint with model, Adam, step, RNG and batch order restored, so on the CPU the
+    result is the same as an uninterrupted run."""
     run_dir = Path(run_dir)
     validate(cfg)
     device = resolve_device(cfg.train.device)
@@ -163,17 +195,33 @@ def train(cfg: RunConfig, run_dir: str | Path, progress: bool = True) -> dict:
     batches = Batches(train_set, cfg, getattr(MODELS.get(cfg.model.name), "semi_supervised", False), device)
     model = build_model(cfg.model).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
-    prepare_run_dir(run_dir)
+    names, sums, since_log, done, elapsed_before = None, None, 0, 0, 0.0
+    if resume:
+        done, names, sums, since_log, elapsed_before = _restore(run_dir, model, optimizer, batches, device)
+        if done >= cfg.train.steps:
+            raise RunDirError(f"--resume: {run_dir} already finished {done} of {cfg.train.steps} steps; pass --steps N to train longer")
+        runs.truncate_jsonl(run_dir / runs.METRICS_FILE, done)
+    else:
+        prepare_run_dir(run_dir)
     save_json(cfg, run_dir / runs.CONFIG_FILE)
 
+    def checkpoint(step: int) -> None:
+        state = {"rng_cpu": torch.get_rng_state(), "batch_order": batches.sampler.order}
+        if device.type == "cuda":
+            state["rng_cuda"] = torch.cuda.get_rng_state(device)
+        if sums is not None:
+            state["log_sums"] = sums
+        runs.save_checkpoint(run_dir, model, optimizer, step, cfg.train.keep_checkpoints, state,
+                             {"batch_position": batches.sampler.pos, "since_log": since_log, "log_names": json.dumps(names),
+                              "elapsed_seconds": round(elapsed_before + time.perf_counter() - start, 3)})
+
     metrics_path = run_dir / runs.METRICS_FILE
-    board = TensorBoard(run_dir / runs.TENSORBOARD_DIR, model, cfg)
-    names, sums = None, None  # logged scalars (loss, nelbo, kl, rec, extras) summed since the last log line
-    since_log, start = 0, time.perf_counter()
-    bar = tqdm(total=cfg.train.steps, disable=not progress, dynamic_ncols=True, mininterval=0.5, desc=f"train {cfg.model.name}")
+    board = TensorBoard(run_dir / runs.TENSORBOARD_DIR, model, cfg, purge_step=done + 1 if resume else None)
+    start = time.perf_counter()
+    bar = tqdm(total=cfg.train.steps, initial=done, disable=not progress, dynamic_ncols=True, mininterval=0.5, desc=f"train {cfg.model.name}")
     record: dict = {}
     model.train()
-    for step in range(1, cfg.train.steps + 1):
+    for step in range(done + 1, cfg.train.steps + 1):
         beta = objectives.annealed_beta(step - 1, cfg.objective.beta, cfg.objective.kl_warmup_steps)
         out = training_loss(model, batches.next(), cfg, beta)
         optimizer.zero_grad(set_to_none=True)
@@ -187,7 +235,7 @@ def train(cfg: RunConfig, run_dir: str | Path, progress: bool = True) -> dict:
         bar.update(1)
         if step % cfg.train.log_every == 0 or step == cfg.train.steps:
             means = dict(zip(names, (sums / since_log).tolist()))
-            elapsed = time.perf_counter() - start
+            elapsed = elapsed_before + time.perf_counter() - start
             record = {"step": step, **means, "beta": beta,
                       "seconds": round(elapsed, 3), "images_per_second": round(step * cfg.train.batch_size / elapsed, 1)}
             runs.append_jsonl(metrics_path, record)
@@ -196,19 +244,20 @@ def train(cfg: RunConfig, run_dir: str | Path, progress: bool = True) -> dict:
             sums.zero_()
             since_log = 0
         if step % cfg.train.checkpoint_every == 0 and step < cfg.train.steps:
-            runs.save_checkpoint(run_dir, model, optimizer, step, cfg.train.keep_checkpoints)
+            checkpoint(step)
             board.samples(step)
     bar.close()
-    train_seconds = time.perf_counter() - start
+    checkpoint(cfg.train.steps)
+    train_seconds = elapsed_before + time.perf_counter() - start
     board.samples(cfg.train.steps)
     board.close()
-    runs.save_checkpoint(run_dir, model, optimizer, cfg.train.steps, cfg.train.keep_checkpoints)
     runs.save_weights(run_dir, model)
     summary = {
         "model": cfg.model.name,
         "steps": cfg.train.steps,
         "train_seconds": round(train_seconds, 2),
         "images_per_second": round(cfg.train.steps * cfg.train.batch_size / train_seconds, 1),
+        "resumed_from_step": done if resume else None,
         "device": str(device),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
