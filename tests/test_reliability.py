@@ -84,3 +84,81 @@ def test_resume_without_checkpoint_or_run(tmp_path, capsys):
     assert "not a vaelab run directory" in capsys.readouterr().err
     assert main(["train"]) == 1
     assert "--out RUN_DIR" in capsys.readouterr().err
+
+
+def _tiny_cfg(tiny_data, steps=30):
+    from vaelab.config import load_preset
+
+    cfg = load_preset("vae")
+    cfg.train.steps, cfg.train.batch_size, cfg.train.log_every, cfg.train.checkpoint_every = steps, 20, 5, 10
+    cfg.model.hidden, cfg.model.z_dim = (16,), 3
+    cfg.data.data_dir, cfg.train.device = str(tiny_data), "cpu"
+    return cfg
+
+
+def _poison(monkeypatch, bad_steps):
+    """Make the loss NaN at the given (1-based) steps of the next training run."""
+    import vaelab.train as train_mod
+
+    real = train_mod.training_loss
+    calls = {"n": 0}
+
+    def poisoned(model, batch, cfg, beta):
+        calls["n"] += 1
+        out = real(model, batch, cfg, beta)
+        if calls["n"] in bad_steps:
+            out.loss = out.loss * float("nan")
+        return out
+
+    monkeypatch.setattr(train_mod, "training_loss", poisoned)
+
+
+def test_non_finite_steps_are_skipped_and_counted(tiny_data, tmp_path, monkeypatch):
+    from vaelab.train import train
+
+    _poison(monkeypatch, {3, 4, 17})
+    summary = train(_tiny_cfg(tiny_data), tmp_path / "run", progress=False)
+    assert summary["skipped_steps"] == 3
+    metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["skipped_steps"] for m in metrics] == [2, 2, 2, 3, 3, 3]
+    assert all(m["loss"] == m["loss"] for m in metrics)  # NaN never reaches the logged means
+    weights = _weights(tmp_path / "run")
+    assert all(torch.isfinite(w).all() for w in weights.values())
+
+
+def test_too_many_non_finite_steps_stop_the_run_with_checkpoint_intact(tiny_data, tmp_path, monkeypatch, capsys):
+    from vaelab.errors import TrainingDiverged
+    from vaelab.train import train
+
+    _poison(monkeypatch, set(range(14, 100)))
+    cfg = _tiny_cfg(tiny_data)
+    cfg.train.max_nonfinite_steps = 4
+    with pytest.raises(TrainingDiverged, match=r"stopped at step 17: 4 consecutive steps.*step-0000010.safetensors"):
+        train(cfg, tmp_path / "run", progress=False)
+    checkpoint = tmp_path / "run" / "checkpoints" / "step-0000010.safetensors"
+    state = load_file(str(checkpoint))
+    assert all(torch.isfinite(v.float()).all() for k, v in state.items() if k.startswith("model."))
+    assert not (tmp_path / "run" / "model.safetensors").exists()
+
+
+def test_checkpoint_write_crash_keeps_the_last_good_one(tmp_path, monkeypatch):
+    import vaelab.runs as runs_mod
+    from vaelab.config import ModelConfig
+    from vaelab.models import build_model
+
+    model = build_model(ModelConfig(hidden=(8,)))
+    opt = torch.optim.Adam(model.parameters())
+    good = runs_mod.save_checkpoint(tmp_path, model, opt, 10, keep=3)
+    before = good.read_bytes()
+
+    def crash(tensors, filename, metadata=None):
+        with open(filename, "wb") as f:
+            f.write(b"half a file")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(runs_mod, "save_file", crash)
+    with pytest.raises(OSError, match="disk full"):
+        runs_mod.save_checkpoint(tmp_path, model, opt, 20, keep=3)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step-0000010.safetensors"]
+    assert good.read_bytes() == before
+    assert runs_mod.latest_checkpoint(tmp_path) == good

@@ -113,3 +113,16 @@ def test_svhn_download_verifies_md5(tmp_path):
     with pytest.raises(DataError, match="checksum mismatch"):
         data.download(bad, tmp_path / "other", ["test_32x32.mat"])
     assert list((tmp_path / "other").iterdir()) == []
+
+
+def test_huge_declared_arrays_are_refused_before_loading(tmp_path, monkeypatch):
+    import vaelab.formats as formats
+
+    path = tmp_path / "x.mat"
+    _write_svhn(path, n=4)
+    monkeypatch.setattr(formats, "MAX_MAT_BYTES", 1000)  # the 4 images claim 12,288 bytes
+    loaded = []
+    monkeypatch.setattr(scipy.io, "loadmat", lambda *a, **k: loaded.append(1))
+    with pytest.raises(DataError, match="claims 12292 bytes"):
+        read_svhn_mat(path)
+    assert loaded == []

@@ -105,6 +105,10 @@ class TrainConfig:
     """Steps between checkpoints under checkpoints/ (the final weights are always saved)."""
     keep_checkpoints: int = 3
     """How many periodic checkpoints to keep."""
+    grad_clip: float = 0.0
+    """Clip the global gradient norm to this value (0: no clipping)."""
+    max_nonfinite_steps: int = 10
+    """A step whose loss or gradient is not finite is skipped; this many in a row stop the run."""
 
 
 @dataclass
@@ -268,10 +272,19 @@ def validate(cfg: RunConfig) -> None:
         (cfg.train.log_every >= 1, "train.log_every", "must be >= 1"),
         (cfg.train.checkpoint_every >= 1, "train.checkpoint_every", "must be >= 1"),
         (cfg.train.keep_checkpoints >= 1, "train.keep_checkpoints", "must be >= 1"),
+        (cfg.train.grad_clip >= 0, "train.grad_clip", "must be >= 0"),
+        (cfg.train.max_nonfinite_steps >= 1, "train.max_nonfinite_steps", "must be >= 1"),
+        (cfg.model.name in _model_names(), "model.name", f"must be one of {', '.join(_model_names())}"),
     ]
     for ok, key, why in checks:
         if not ok:
             raise ConfigError(f"{key}: {why} (got {_get(cfg, key)!r})")
+
+
+def _model_names() -> list[str]:
+    from .models import MODELS
+
+    return sorted(MODELS)
 
 
 def _get(cfg, key: str):

@@ -15,3 +15,7 @@ class ConfigError(VaelabError):
 
 class RunDirError(VaelabError):
     """A run directory is missing, incomplete or would be overwritten."""
+
+
+class TrainingDiverged(VaelabError):
+    """Too many consecutive steps had a non-finite loss or gradient."""

@@ -99,6 +99,12 @@ def write_idx(path: str | os.PathLike, array: np.ndarray, compress: bool | None 
         f.write(payload)
 
 
+# SVHN's extra_32x32.mat holds 531,131 x 3,072 bytes (1.6 GB); nothing legitimate claims more than this.
+MAX_MAT_BYTES = 1 << 32
+_MAT_ITEMSIZE = {"uint8": 1, "int8": 1, "uint16": 2, "int16": 2, "uint32": 4, "int32": 4, "single": 4, "double": 8,
+                 "uint64": 8, "int64": 8, "char": 2, "logical": 1}
+
+
 def read_svhn_mat(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     """Read an SVHN cropped-digits .mat file (train_32x32.mat, test_32x32.mat, extra_32x32.mat).
 
@@ -108,7 +114,14 @@ def read_svhn_mat(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
 
     path = Path(path)
     try:
+        # Read the declared shapes first: a hostile header must not make loadmat allocate terabytes.
+        declared = {name: (shape, dtype) for name, shape, dtype in scipy.io.whosmat(str(path))}
+        claimed = sum(int(np.prod(shape, dtype=object)) * _MAT_ITEMSIZE.get(dtype, 8) for shape, dtype in declared.values())
+        if claimed > MAX_MAT_BYTES:
+            raise DataError(f"{path}: .mat header claims {claimed} bytes of arrays, more than the {MAX_MAT_BYTES} allowed")
         contents = scipy.io.loadmat(str(path), variable_names=["X", "y"])
+    except DataError:
+        raise
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
     except Exception as exc:  # scipy raises ValueError, TypeError, MatReadError, zlib errors... for bad files

@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 from . import data as data_mod
 from . import objectives, runs
 from .config import RunConfig, save_json, validate
-from .errors import ConfigError, RunDirError
+from .errors import ConfigError, RunDirError, TrainingDiverged
 from .models import MODELS, build_model
 
 
@@ -156,7 +156,7 @@ class TensorBoard:
 
 def _restore(run_dir: Path, model, optimizer, batches: Batches, device: torch.device):
     """Load the newest checkpoint of run_dir into model, optimizer and batch sampler; restore the RNG.
-    Returns (step, log names, partial log sums, steps since the last log line, elapsed seconds)."""
+    Returns (step, log names, partial log sums, steps since the last log line, elapsed seconds, skipped steps)."""
     path = runs.latest_checkpoint(run_dir)
     if path is None:
         raise RunDirError(f"--resume: {run_dir} has no checkpoint to resume from")
@@ -176,7 +176,8 @@ def _restore(run_dir: Path, model, optimizer, batches: Batches, device: torch.de
         torch.cuda.set_rng_state(tensors["state.rng_cuda"], device)
     names = json.loads(metadata.get("log_names", "null"))
     sums = tensors["state.log_sums"].to(device) if "state.log_sums" in tensors else None
-    return int(metadata["step"]), names, sums, int(metadata.get("since_log", 0)), float(metadata.get("elapsed_seconds", 0))
+    return (int(metadata["step"]), names, sums, int(metadata.get("since_log", 0)), float(metadata.get("elapsed_seconds", 0)),
+            int(metadata.get("skipped_steps", 0)))
 
 
 def train(cfg: RunConfig, run_dir: str | Path, progress: bool = True, resume: bool = False) -> dict:
@@ -195,9 +196,9 @@ def train(cfg: RunConfig, run_dir: str | Path, progress: bool = True, resume: bo
     batches = Batches(train_set, cfg, getattr(MODELS.get(cfg.model.name), "semi_supervised", False), device)
     model = build_model(cfg.model).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
-    names, sums, since_log, done, elapsed_before = None, None, 0, 0, 0.0
+    names, sums, since_log, done, elapsed_before, skipped, bad_in_row = None, None, 0, 0, 0.0, 0, 0
     if resume:
-        done, names, sums, since_log, elapsed_before = _restore(run_dir, model, optimizer, batches, device)
+        done, names, sums, since_log, elapsed_before, skipped = _restore(run_dir, model, optimizer, batches, device)
         if done >= cfg.train.steps:
             raise RunDirError(f"--resume: {run_dir} already finished {done} of {cfg.train.steps} steps; pass --steps N to train longer")
         runs.truncate_jsonl(run_dir / runs.METRICS_FILE, done)
@@ -213,6 +214,7 @@ def train(cfg: RunConfig, run_dir: str | Path, progress: bool = True, resume: bo
             state["log_sums"] = sums
         runs.save_checkpoint(run_dir, model, optimizer, step, cfg.train.keep_checkpoints, state,
                              {"batch_position": batches.sampler.pos, "since_log": since_log, "log_names": json.dumps(names),
+                              "skipped_steps": skipped,
                               "elapsed_seconds": round(elapsed_before + time.perf_counter() - start, 3)})
 
     metrics_path = run_dir / runs.METRICS_FILE
@@ -226,6 +228,22 @@ def train(cfg: RunConfig, run_dir: str | Path, progress: bool = True, resume: bo
         out = training_loss(model, batches.next(), cfg, beta)
         optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
+        # One fused norm over all gradients: clips when asked, and tells whether any is inf / nan.
+        if cfg.train.grad_clip:
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+        else:
+            grad_norm = torch.nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None])
+        if not bool(torch.isfinite(out.loss.detach()) & torch.isfinite(grad_norm)):
+            skipped += 1
+            bad_in_row += 1
+            bar.update(1)
+            if bad_in_row >= cfg.train.max_nonfinite_steps:
+                last = runs.latest_checkpoint(run_dir)
+                raise TrainingDiverged(
+                    f"training stopped at step {step}: {bad_in_row} consecutive steps had a non-finite loss or gradient "
+                    f"(try a lower --lr or --set train.grad_clip=10); last good checkpoint: {last or 'none yet'}")
+            continue
+        bad_in_row = 0
         optimizer.step()
         values = torch.stack([out.loss.detach(), out.nelbo, out.kl, out.rec, *out.extras.values()])
         if sums is None:
@@ -233,10 +251,10 @@ def train(cfg: RunConfig, run_dir: str | Path, progress: bool = True, resume: bo
         sums += values
         since_log += 1
         bar.update(1)
-        if step % cfg.train.log_every == 0 or step == cfg.train.steps:
+        if (step % cfg.train.log_every == 0 or step == cfg.train.steps) and since_log:
             means = dict(zip(names, (sums / since_log).tolist()))
             elapsed = elapsed_before + time.perf_counter() - start
-            record = {"step": step, **means, "beta": beta,
+            record = {"step": step, **means, "beta": beta, "skipped_steps": skipped,
                       "seconds": round(elapsed, 3), "images_per_second": round(step * cfg.train.batch_size / elapsed, 1)}
             runs.append_jsonl(metrics_path, record)
             board.scalars(step, record)
@@ -258,10 +276,11 @@ def train(cfg: RunConfig, run_dir: str | Path, progress: bool = True, resume: bo
         "train_seconds": round(train_seconds, 2),
         "images_per_second": round(cfg.train.steps * cfg.train.batch_size / train_seconds, 1),
         "resumed_from_step": done if resume else None,
+        "skipped_steps": skipped,
         "device": str(device),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
-        "final": {k: v for k, v in record.items() if k not in ("step", "beta", "seconds", "images_per_second")},
+        "final": {k: v for k, v in record.items() if k not in ("step", "beta", "seconds", "images_per_second", "skipped_steps")},
     }
     runs.atomic_write_text(run_dir / runs.SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
     return summary
