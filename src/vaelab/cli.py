@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -211,6 +212,8 @@ def cmd_train(args) -> int:
 
 
 def _report_training(summary: dict, cfg, run_dir) -> int:
+    if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 reports
+        return 0
     final = summary["final"]
     print(f"trained {summary['model']} for {summary['steps']} steps in {summary['train_seconds']:.1f} s "
           f"({summary['images_per_second']:.0f} images/s); last {cfg.train.log_every} steps: "

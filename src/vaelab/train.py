@@ -14,7 +14,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import data as data_mod
-from . import objectives, runs
+from . import distributed, objectives, runs
 from .config import RunConfig, save_json, validate
 from .errors import ConfigError, RunDirError, TrainingDiverged
 from .models import MODELS, build_model
@@ -185,28 +185,54 @@ def train(cfg: RunConfig, run_dir: str | Path, progress: bool = True, resume: bo
 
     With resume=True, `run_dir` must hold an earlier run of the same config: training continues from
     its newest checkpoint with model, Adam, step, RNG and batch order restored, so on the CPU the
-    result is the same as an uninterrupted run."""
+    result is the same as an uninterrupted run. Under torchrun each process trains on its shard of
+    every batch and only rank 0 writes (see vaelab.distributed)."""
     run_dir = Path(run_dir)
     validate(cfg)
-    device = resolve_device(cfg.train.device)
+    ctx = distributed.setup(resolve_device(cfg.train.device))
+    try:
+        return _train(cfg, run_dir, progress, resume, ctx)
+    finally:
+        distributed.teardown(ctx)
+
+
+def _train(cfg: RunConfig, run_dir: Path, progress: bool, resume: bool, ctx: distributed.Context) -> dict:
+    device, main = ctx.device, ctx.is_main
+    semi_supervised = getattr(MODELS.get(cfg.model.name), "semi_supervised", False)
+    distributed.check_divisible(ctx, cfg.train.batch_size)
     # Everything that can fail on user input happens before the run directory is created.
     train_set = data_mod.load(cfg.data.dataset, "train", cfg.data.data_dir, device, cfg.data.download)
     cfg.model.x_dim, cfg.model.image_shape = train_set.x_dim, train_set.image_shape
     torch.manual_seed(cfg.train.seed)
-    batches = Batches(train_set, cfg, getattr(MODELS.get(cfg.model.name), "semi_supervised", False), device)
+    batches = Batches(train_set, cfg, semi_supervised, device)
+    if batches.labelled is not None:
+        distributed.check_divisible(ctx, len(batches.labelled), "the labelled subset")
     model = build_model(cfg.model).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
+    objective = distributed.wrap(model, lambda m, batch, beta: training_loss(m, batch, cfg, beta), ctx,
+                                 find_unused=semi_supervised and cfg.objective.gen_weight == 0)
     names, sums, since_log, done, elapsed_before, skipped, bad_in_row = None, None, 0, 0, 0.0, 0, 0
     if resume:
         done, names, sums, since_log, elapsed_before, skipped = _restore(run_dir, model, optimizer, batches, device)
         if done >= cfg.train.steps:
             raise RunDirError(f"--resume: {run_dir} already finished {done} of {cfg.train.steps} steps; pass --steps N to train longer")
-        runs.truncate_jsonl(run_dir / runs.METRICS_FILE, done)
+        if main:
+            runs.truncate_jsonl(run_dir / runs.METRICS_FILE, done)
     else:
-        prepare_run_dir(run_dir)
-    save_json(cfg, run_dir / runs.CONFIG_FILE)
+        error = None
+        if main:
+            try:
+                prepare_run_dir(run_dir)
+            except RunDirError as exc:
+                error = exc
+        if not ctx.all_true(error is None):  # every process stops, not only rank 0
+            raise error or RunDirError(f"--out: rank 0 could not use {run_dir}")
+    if main:
+        save_json(cfg, run_dir / runs.CONFIG_FILE)
 
     def checkpoint(step: int) -> None:
+        if not main:
+            return
         state = {"rng_cpu": torch.get_rng_state(), "batch_order": batches.sampler.order}
         if device.type == "cuda":
             state["rng_cuda"] = torch.cuda.get_rng_state(device)
@@ -218,14 +244,16 @@ def train(cfg: RunConfig, run_dir: str | Path, progress: bool = True, resume: bo
                               "elapsed_seconds": round(elapsed_before + time.perf_counter() - start, 3)})
 
     metrics_path = run_dir / runs.METRICS_FILE
-    board = TensorBoard(run_dir / runs.TENSORBOARD_DIR, model, cfg, purge_step=done + 1 if resume else None)
+    board = TensorBoard(run_dir / runs.TENSORBOARD_DIR, model, cfg, purge_step=done + 1 if resume else None) if main else None
     start = time.perf_counter()
-    bar = tqdm(total=cfg.train.steps, initial=done, disable=not progress, dynamic_ncols=True, mininterval=0.5, desc=f"train {cfg.model.name}")
+    bar = tqdm(total=cfg.train.steps, initial=done, disable=not (progress and main), dynamic_ncols=True, mininterval=0.5,
+               desc=f"train {cfg.model.name}")
     record: dict = {}
     model.train()
     for step in range(done + 1, cfg.train.steps + 1):
         beta = objectives.annealed_beta(step - 1, cfg.objective.beta, cfg.objective.kl_warmup_steps)
-        out = training_loss(model, batches.next(), cfg, beta)
+        batch = {key: ctx.shard(value) for key, value in batches.next().items()}
+        out = objective(batch, beta)
         optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
         # One fused norm over all gradients: clips when asked, and tells whether any is inf / nan.
@@ -233,7 +261,7 @@ def train(cfg: RunConfig, run_dir: str | Path, progress: bool = True, resume: bo
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
         else:
             grad_norm = torch.nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None])
-        if not bool(torch.isfinite(out.loss.detach()) & torch.isfinite(grad_norm)):
+        if not ctx.all_true(bool(torch.isfinite(out.loss.detach()) & torch.isfinite(grad_norm))):
             skipped += 1
             bad_in_row += 1
             bar.update(1)
@@ -252,24 +280,27 @@ def train(cfg: RunConfig, run_dir: str | Path, progress: bool = True, resume: bo
         since_log += 1
         bar.update(1)
         if (step % cfg.train.log_every == 0 or step == cfg.train.steps) and since_log:
-            means = dict(zip(names, (sums / since_log).tolist()))
+            means = dict(zip(names, (ctx.mean(sums) / since_log).tolist()))
             elapsed = elapsed_before + time.perf_counter() - start
             record = {"step": step, **means, "beta": beta, "skipped_steps": skipped,
                       "seconds": round(elapsed, 3), "images_per_second": round(step * cfg.train.batch_size / elapsed, 1)}
-            runs.append_jsonl(metrics_path, record)
-            board.scalars(step, record)
+            if main:
+                runs.append_jsonl(metrics_path, record)
+                board.scalars(step, record)
             bar.set_postfix(loss=f"{means['loss']:.2f}", kl=f"{means['kl']:.2f}", rec=f"{means['rec']:.2f}")
             sums.zero_()
             since_log = 0
         if step % cfg.train.checkpoint_every == 0 and step < cfg.train.steps:
             checkpoint(step)
-            board.samples(step)
+            if main:
+                board.samples(step)
     bar.close()
     checkpoint(cfg.train.steps)
     train_seconds = elapsed_before + time.perf_counter() - start
-    board.samples(cfg.train.steps)
-    board.close()
-    runs.save_weights(run_dir, model)
+    if main:
+        board.samples(cfg.train.steps)
+        board.close()
+        runs.save_weights(run_dir, model)
     summary = {
         "model": cfg.model.name,
         "steps": cfg.train.steps,
@@ -280,8 +311,10 @@ def train(cfg: RunConfig, run_dir: str | Path, progress: bool = True, resume: bo
         "device": str(device),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
+        "processes": ctx.world_size,
         "final": {k: v for k, v in record.items() if k not in ("step", "beta", "seconds", "images_per_second", "skipped_steps")},
     }
-    runs.atomic_write_text(run_dir / runs.SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
+    if main:
+        runs.atomic_write_text(run_dir / runs.SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
     return summary
 
