@@ -3,7 +3,7 @@
 # GMVAE (cs236 + full protocol), full-covariance posterior, IWAE-trained with k = 5 and k = 50,
 # each evaluated on the full 10,000-image test set with k = 1000 (with active units); the VAE
 # baseline comes from experiments/vae_baseline.sh (runs/vae_baseline), re-evaluated the same way.
-# Results go to experiments/priors_posteriors/<name>/ and the table to experiments/priors_posteriors/table.md.
+# Results go to experiments/priors_posteriors/<name>/ and the table to experiments/priors_posteriors/compare.md (+ .csv, curves.png).
 # Usage: bash experiments/priors_posteriors.sh [DATA_DIR] [NAMES...]    (names: gmvae fullcov iwae5 iwae50 vae)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -36,5 +36,4 @@ for name in $names; do
   cp "$run"/{config.json,summary.json,metrics.jsonl,eval-full.json,samples.png,reconstructions.png} "$out/$name/"
   [ -f "$run/eval-cs236.json" ] && cp "$run/eval-cs236.json" "$out/$name/"
 done
-python experiments/table.py "$out"/{vae,iwae5,iwae50,fullcov,gmvae} > "$out/table.md" || true
-cat "$out/table.md"
+vaelab compare runs/{vae,iwae5,iwae50,fullcov,gmvae} --out "$out"
