@@ -22,6 +22,14 @@ def one_hot(y: torch.Tensor, classes: int, like: torch.Tensor) -> torch.Tensor:
     return nn.functional.one_hot(y, classes).to(like.dtype)
 
 
+@torch.no_grad()
+def sample_with_labels(model: nn.Module, n: int, y: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean images of a label-conditioned decoder for z ~ p(z) and labels y (default 0, 1, ..., C-1, 0, ...)."""
+    prior = model.prior()
+    y = torch.arange(n, device=prior.mean.device) % model.classes if y is None else y
+    return model.likelihood(prior.sample((n,)), y).mean
+
+
 class ConditionalVAE(nn.Module):
     """p(z) = N(0, I), p(x|y,z) from decoder([z, onehot(y)]); q(z|x,y) = N(mu([x, y]), diag sigma^2([x, y]))."""
 
@@ -67,12 +75,9 @@ class ConditionalVAE(nn.Module):
         kl, kl_dims = kl_terms(q, prior)
         return Terms(log_px_z=self.likelihood(z, y).log_prob(x), log_pz=prior.log_prob(z), log_qz=q.log_prob(z), kl=kl, kl_dims=kl_dims)
 
-    @torch.no_grad()
     def sample(self, n: int, y: torch.Tensor | None = None) -> torch.Tensor:
         """Mean images for z ~ p(z) and labels y (default 0, 1, ..., 9, 0, 1, ...); (n, x_dim)."""
-        device = self.prior().mean.device
-        y = torch.arange(n, device=device) % self.classes if y is None else y
-        return self.likelihood(self.prior().sample((n,)), y).mean
+        return sample_with_labels(self, n, y)
 
     @torch.no_grad()
     def style_content(self, rows: int) -> torch.Tensor:

@@ -19,7 +19,7 @@ from ..nets import mlp
 from ..objectives import EnumeratedTerms, Terms, kl_terms
 from ..posteriors import DiagonalGaussian
 from ..priors import StandardNormalPrior
-from .cvae import one_hot
+from .cvae import one_hot, sample_with_labels
 
 
 class SSVAE(nn.Module):
@@ -105,11 +105,9 @@ class SSVAE(nn.Module):
         return Terms(log_px_z=self.likelihood(z, y).log_prob(x), log_pz=prior.log_prob(z) + log_py, log_qz=q.log_prob(z),
                      kl=None if kl is None else kl - log_py, kl_dims=None)
 
-    @torch.no_grad()
     def sample(self, n: int, y: torch.Tensor | None = None) -> torch.Tensor:
-        device = self.prior().mean.device
-        y = torch.arange(n, device=device) % self.classes if y is None else y
-        return self.likelihood(self.prior().sample((n,)), y).mean
+        """Mean images for z ~ p(z) and labels y (default 0, 1, ..., 9, 0, 1, ...); (n, x_dim)."""
+        return sample_with_labels(self, n, y)
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
