@@ -285,8 +285,7 @@ def cmd_plot(args) -> int:
         print(f"wrote {out}")
         return 0
     model, cfg, device, load_test = _load(args)
-    binary = not getattr(model.observation, "continuous", False)
-    x, y = evaluate.evaluation_set("full", load_test(), binary)
+    x, y = evaluate.evaluation_set("full", load_test(), evaluate.is_binary(model))
     labels = y if model.conditional else None
     shape = tuple(cfg.model.image_shape)
     with torch.no_grad():

@@ -111,6 +111,11 @@ def accuracy(model, x: torch.Tensor, y: torch.Tensor, batch: int = 2000) -> floa
     return correct / len(x)
 
 
+def is_binary(model) -> bool:
+    """Whether a model's likelihood is over binarized pixels (Bernoulli) rather than continuous ones."""
+    return not getattr(getattr(model, "observation", None), "continuous", False)
+
+
 def evaluation_set(protocol: str, test: data_mod.ImageSet, binary: bool = True, binarize_seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """The test images (x, y) a protocol evaluates on: binarized once with a fixed seed for binary
     models, the pixels in [0, 1] for continuous ones."""
@@ -132,7 +137,7 @@ def evaluate(model, test: data_mod.ImageSet, protocol: str = "cs236", iws=None, 
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol {protocol!r}")
     iws = DEFAULT_IW[protocol] if iws is None else tuple(iws)
-    binary = not getattr(getattr(model, "observation", None), "continuous", False)
+    binary = is_binary(model)
     x, y = evaluation_set(protocol, test, binary)
     labels = y if getattr(model, "conditional", False) else None  # conditional models bound log p(x | y)
     device = x.device

@@ -71,7 +71,7 @@ def write_sample_grids(model, cfg, test, out, recon_out, n: int = 200, ncol: int
     """The sample grid (a style/content grid for conditional models) and, when `test` is given, the
     reconstruction grid of a run's model. Returns the paths written."""
     from .errors import VaelabError
-    from .evaluate import evaluation_set
+    from .evaluate import evaluation_set, is_binary
 
     shape = tuple(cfg.model.image_shape)
     if int(np.prod(shape)) != cfg.model.x_dim:
@@ -82,8 +82,7 @@ def write_sample_grids(model, cfg, test, out, recon_out, n: int = 200, ncol: int
         save_grid(out, prior_samples(model, n, seed, mode), ncol, shape)
     written = [Path(out)]
     if test is not None:
-        binary = not getattr(model.observation, "continuous", False)
-        x, y = evaluation_set("cs236" if cfg.data.dataset == "mnist" else "full", test, binary)
+        x, y = evaluation_set("cs236" if cfg.data.dataset == "mnist" else "full", test, is_binary(model))
         x, y = x[:recon_n], y[:recon_n]
         ncol = min(ncol, x.shape[0])
         with torch.no_grad():
