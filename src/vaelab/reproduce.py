@@ -158,7 +158,10 @@ def write_report(suite: str, out: Path, experiments, results: dict, quick: bool 
         notes = [f"preset `{exp.preset}`" + (f" with {', '.join(f'{k}={v}' for k, v in exp.overrides.items())}" if exp.overrides else "")
                  + f", {summaries[0]['steps']} steps, protocol `{exp.protocol}` on {evals[0]['images']} test images",
                  f"wall time per run: training {', '.join(f'{t:.0f} s' for t in train_s)}; training + evaluation + figures "
-                 f"{', '.join(f'{t:.0f} s' for t in total_s)}"]
+                 f"{', '.join(f'{t:.0f} s' for t in total_s)}",
+                 "trained with vaelab " + "; ".join(sorted({f"{s.get('vaelab', '?')} at commit {s.get('commit') or 'unknown'}, "
+                                                          f"torch {s['torch']}, {s['device']} ({s.get('cpu', '?')}, {s['threads']} threads)"
+                                                          for s in summaries}))]
         blocks.append((exp.title, header, rows, images, notes))
     title = f"vaelab reproduce {suite}" + (" --quick (short schedule: not comparable with the write-ups)" if quick else "")
     if steps is not None:

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import json
 import os
+import platform
+import subprocess
 import tempfile
 from pathlib import Path
 
@@ -165,3 +167,32 @@ def read_jsonl(path: Path) -> list[dict]:
     if not Path(path).is_file():
         return []
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def provenance() -> dict:
+    """Where a result came from: vaelab version, the git commit of the source tree (with "+dirty" when
+    tracked files differ from it; None outside a checkout), torch, CPU and thread count."""
+    from . import __version__
+
+    source = Path(__file__).resolve().parent
+    commit = None
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=source, capture_output=True, text=True, timeout=10)
+        if head.returncode == 0:
+            dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=source,
+                                   capture_output=True, text=True, timeout=10).stdout.strip()
+            commit = head.stdout.strip() + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return {"vaelab": __version__, "commit": commit, "torch": torch.__version__, "cpu": _cpu_name(),
+            "threads": torch.get_num_threads()}
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()

@@ -309,8 +309,7 @@ def _train(cfg: RunConfig, run_dir: Path, progress: bool, resume: bool, ctx: dis
         "resumed_from_step": done if resume else None,
         "skipped_steps": skipped,
         "device": str(device),
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
+        **runs.provenance(),
         "processes": ctx.world_size,
         "final": {k: v for k, v in record.items() if k not in ("step", "beta", "seconds", "images_per_second", "skipped_steps")},
     }
