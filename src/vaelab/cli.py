@@ -25,6 +25,9 @@ TRAIN_FLAGS = {
     "lr": "train.lr",
     "seed": "train.seed",
     "device": "train.device",
+    "threads": "train.threads",
+    "compile": "train.compile",
+    "precision": "train.precision",
     "log_every": "train.log_every",
     "checkpoint_every": "train.checkpoint_every",
     "z_dim": "model.z_dim",
@@ -102,6 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", choices=("mnist", "fashion-mnist", "svhn"), help="training data (default mnist)")
     p.add_argument("--data-dir", help="data root holding mnist/ and fashion-mnist/ (default $VAELAB_DATA, else ~/.cache/vaelab)")
     p.add_argument("--device", help="cpu, cuda, cuda:N or auto (default auto)")
+    p.add_argument("--threads", type=int, help="CPU threads for torch (default 0: one per core)")
+    p.add_argument("--compile", action="store_const", const=True, help="torch.compile the model (slower first steps)")
+    p.add_argument("--precision", choices=("fp32", "bf16"), help="bf16: mixed precision for the networks, meant for CUDA (default fp32)")
     p.add_argument("--log-every", type=int, help="steps between metrics lines (default 100)")
     p.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (default 5000)")
     p.add_argument("--no-download", action="store_true", help="fail instead of downloading missing data files")

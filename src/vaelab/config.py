@@ -109,6 +109,13 @@ class TrainConfig:
     """Clip the global gradient norm to this value (0: no clipping)."""
     max_nonfinite_steps: int = 10
     """A step whose loss or gradient is not finite is skipped; this many in a row stop the run."""
+    threads: int = 0
+    """CPU threads for torch's kernels (0: torch's default, one per core)."""
+    compile: bool = False
+    """torch.compile the model's forward pass (the first steps are slower while it compiles)."""
+    precision: str = "fp32"
+    """fp32, or bf16: autocast the networks to bfloat16 (mixed precision, meant for CUDA); densities,
+    losses and Adam stay in float32."""
 
 
 @dataclass
@@ -274,6 +281,8 @@ def validate(cfg: RunConfig) -> None:
         (cfg.train.keep_checkpoints >= 1, "train.keep_checkpoints", "must be >= 1"),
         (cfg.train.grad_clip >= 0, "train.grad_clip", "must be >= 0"),
         (cfg.train.max_nonfinite_steps >= 1, "train.max_nonfinite_steps", "must be >= 1"),
+        (cfg.train.threads >= 0, "train.threads", "must be >= 0"),
+        (cfg.train.precision in ("fp32", "bf16"), "train.precision", "must be fp32 or bf16"),
         (cfg.model.name in _model_names(), "model.name", f"must be one of {', '.join(_model_names())}"),
     ]
     for ok, key, why in checks:

@@ -7,6 +7,8 @@ import torch
 from torch import nn
 from torch.distributions import Distribution, Independent, MultivariateNormal, Normal, register_kl
 
+from .nets import full_precision
+
 # The reference's variance floor: var = softplus(pre) + 1e-8.
 VARIANCE_FLOOR = 1e-8
 
@@ -23,7 +25,7 @@ class DiagonalGaussian(nn.Module):
         return 2 * self.z_dim
 
     def forward(self, h: torch.Tensor) -> Distribution:
-        mean, pre = h.split(self.z_dim, dim=-1)
+        mean, pre = full_precision(h).split(self.z_dim, dim=-1)
         var = nn.functional.softplus(pre) + VARIANCE_FLOOR
         return Independent(Normal(mean, var.sqrt(), validate_args=False), 1, validate_args=False)
 
@@ -46,7 +48,7 @@ class FullCovarianceGaussian(nn.Module):
         return 2 * self.z_dim + self.z_dim * (self.z_dim - 1) // 2
 
     def forward(self, h: torch.Tensor) -> Distribution:
-        mean, pre, off_diagonal = h.split([self.z_dim, self.z_dim, self.n_params - 2 * self.z_dim], dim=-1)
+        mean, pre, off_diagonal = full_precision(h).split([self.z_dim, self.z_dim, self.n_params - 2 * self.z_dim], dim=-1)
         sigma = (nn.functional.softplus(pre) + VARIANCE_FLOOR).sqrt()
         scale_tril = torch.diag_embed(sigma)
         scale_tril[..., self.rows, self.cols] = off_diagonal

@@ -13,6 +13,7 @@ Weights are only ever read with safetensors, which never unpickles.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import platform
@@ -169,22 +170,28 @@ def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 
 
-def provenance() -> dict:
-    """Where a result came from: vaelab version, the git commit of the source tree (with "+dirty" when
-    tracked files differ from it; None outside a checkout), torch, CPU and thread count."""
-    from . import __version__
-
+@functools.cache
+def _source_commit() -> str | None:
+    """The git commit of vaelab's source tree when this process first asked, with "+dirty" when
+    tracked files differed from it; None outside a checkout. Cached: the process runs the code it
+    imported, whatever is committed later."""
     source = Path(__file__).resolve().parent
-    commit = None
     try:
         head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=source, capture_output=True, text=True, timeout=10)
-        if head.returncode == 0:
-            dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=source,
-                                   capture_output=True, text=True, timeout=10).stdout.strip()
-            commit = head.stdout.strip() + ("+dirty" if dirty else "")
+        if head.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=source,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return head.stdout.strip() + ("+dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
-        pass
-    return {"vaelab": __version__, "commit": commit, "torch": torch.__version__, "cpu": _cpu_name(),
+        return None
+
+
+def provenance() -> dict:
+    """Where a result came from: vaelab version, git commit (see _source_commit), torch, CPU and thread count."""
+    from . import __version__
+
+    return {"vaelab": __version__, "commit": _source_commit(), "torch": torch.__version__, "cpu": _cpu_name(),
             "threads": torch.get_num_threads()}
 
 

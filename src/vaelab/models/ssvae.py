@@ -15,7 +15,7 @@ from torch import nn
 from torch.distributions import Categorical, Distribution
 
 from ..likelihoods import build_likelihood
-from ..nets import mlp
+from ..nets import full_precision, mlp
 from ..objectives import EnumeratedTerms, Terms, kl_terms
 from ..posteriors import DiagonalGaussian
 from ..priors import StandardNormalPrior
@@ -51,7 +51,7 @@ class SSVAE(nn.Module):
 
     def classify(self, x: torch.Tensor) -> torch.Tensor:
         """Logits of q(y | x), (B, C)."""
-        return self.classifier(x)
+        return full_precision(self.classifier(x))
 
     def posterior(self, x: torch.Tensor, y: torch.Tensor | None = None) -> Distribution:
         """q(z | x, y); without y, q(z | x, y = argmax q(y|x)) (used for latent statistics)."""

@@ -1,0 +1,131 @@
+"""What each speed choice is worth: vaelab with one choice undone or changed at a time.
+
+  python bench/ablations.py --data-dir DATA [--steps 1000] [--repeats 2] [--images 500] [--out FILE]
+
+Training (images/s of vaelab.train.train on the reference VAE, median of interleaved repeats):
+  default                       fused Adam, IndependentBernoulli, threads = cores, fp32, eager
+  adam-foreach                  torch.optim.Adam's default (foreach) update instead of the fused one
+  torch-bernoulli               Independent(Bernoulli(logits)) instead of vaelab's IndependentBernoulli
+  threads-1                     train.threads = 1
+  bf16                          train.precision = bf16 (autocast on the CPU)
+  compile                       train.compile = true (compilation time included)
+IWAE-1000 evaluation (importance samples/s of vaelab.evaluate.iwae_per_image on --images test images):
+  default and torch-bernoulli, and a range of chunk budgets (elements of the largest tensor).
+The undone choices are put back by monkeypatching here; vaelab itself has no switch for them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from torch.distributions import Bernoulli, Independent
+
+from vaelab import data as data_mod
+from vaelab import likelihoods
+from vaelab import train as train_mod
+from vaelab.config import load_preset
+from vaelab.evaluate import DEFAULT_BUDGET, iwae_per_image
+from vaelab.runs import load_run, provenance
+
+
+@contextmanager
+def patched(obj, name, value):
+    old = getattr(obj, name)
+    setattr(obj, name, value)
+    try:
+        yield
+    finally:
+        setattr(obj, name, old)
+
+
+def torch_bernoulli(self, h):
+    return Independent(Bernoulli(logits=h, validate_args=False), 1, validate_args=False)
+
+
+def foreach_adam(model, lr, device):
+    return torch.optim.Adam(model.parameters(), lr=lr)
+
+
+@contextmanager
+def variant(name: str):
+    if name == "adam-foreach":
+        with patched(train_mod, "make_optimizer", foreach_adam):
+            yield {}
+    elif name == "torch-bernoulli":
+        with patched(likelihoods.BernoulliLikelihood, "forward", torch_bernoulli):
+            yield {}
+    else:
+        yield {"threads-1": {"threads": 1}, "bf16": {"precision": "bf16"}, "compile": {"compile": True}}.get(name, {})
+
+
+def train_speed(data_dir: str, steps: int, settings: dict, workdir: Path) -> tuple[float, Path]:
+    cfg = load_preset("vae")
+    cfg.train.steps, cfg.train.device, cfg.train.checkpoint_every = steps, "cpu", steps
+    cfg.data.data_dir = data_dir
+    for key, value in settings.items():
+        setattr(cfg.train, key, value)
+    run_dir = Path(tempfile.mkdtemp(dir=workdir))
+    threads = torch.get_num_threads()
+    try:
+        summary = train_mod.train(cfg, run_dir, progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    return summary["images_per_second"], run_dir
+
+
+def iwae_speed(model, x: torch.Tensor, k: int, budget: int) -> float:
+    iwae_per_image(model, x[:10], k, budget=budget)  # warm-up
+    start = time.perf_counter()
+    iwae_per_image(model, x, k, budget=budget)
+    return x.shape[0] * k / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data-dir", required=True)
+    parser.add_argument("--steps", type=int, default=1000)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--images", type=int, default=500)
+    parser.add_argument("--k", type=int, default=1000)
+    parser.add_argument("--variants", default="default,adam-foreach,torch-bernoulli,threads-1,bf16,compile")
+    parser.add_argument("--out", type=Path, default=Path("bench/results/ablations.json"))
+    args = parser.parse_args()
+    names = args.variants.split(",")
+    results = {"machine": provenance(), "steps": args.steps, "repeats": args.repeats, "training_images_per_second": {},
+               "iwae_samples_per_second": {}}
+    speeds = {name: [] for name in names}
+    with tempfile.TemporaryDirectory() as tmp:
+        run_dir = None
+        for r in range(args.repeats):
+            for name in names:
+                with variant(name) as settings:
+                    speed, out = train_speed(args.data_dir, args.steps, settings, Path(tmp))
+                run_dir = run_dir or out
+                speeds[name].append(speed)
+                print(f"train {name:16s} repeat {r}: {speed:8.0f} images/s", flush=True)
+        results["training_images_per_second"] = {n: round(statistics.median(v), 1) for n, v in speeds.items()}
+        model, _ = load_run(run_dir, torch.device("cpu"))
+        model.eval()
+        test = data_mod.load("mnist", "test", args.data_dir, "cpu", False)
+        x = data_mod.binarized_test_set(test)[: args.images]
+        cases = [("default", DEFAULT_BUDGET), ("torch-bernoulli", DEFAULT_BUDGET)]
+        cases += [(f"budget-2^{p}", 1 << p) for p in (18, 20, 22, 24, 26)]
+        for name, budget in cases:
+            with variant("torch-bernoulli" if name == "torch-bernoulli" else "default"):
+                speed = iwae_speed(model, x, args.k, budget)
+            results["iwae_samples_per_second"][name] = round(speed)
+            print(f"iwae  {name:16s} budget {budget:>9d}: {speed:10.0f} samples/s", flush=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
