@@ -32,7 +32,10 @@ def test_report_lists_every_experiment_with_reference_numbers(report_dir):
     for name in ("vae-samples.png", "vae-curves.png", "cvae-samples.png", "ssvae-reconstructions.png"):
         assert (report_dir / "figures" / name).stat().st_size > 500
     html = (report_dir / "report.html").read_text()
-    assert html.count("<table>") == 3 and html.count("<img ") == 9
+    assert html.count("<table>") == 4 and html.count("<img ") == 9  # summary + one table per experiment
+    # The summary table leads: one row per headline metric, the write-ups' numbers beside ours.
+    summary = md.split("## Summary", 1)[1].split("\n## ", 1)[0]
+    assert "| vae | NELBO |" in summary and "101.51" in summary and "| ssvae | test accuracy |" in summary and "0.9380" in summary
 
 
 def test_finished_runs_are_reused(report_dir, capsys):

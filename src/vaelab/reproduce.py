@@ -13,6 +13,7 @@ import html
 import json
 import math
 import shutil
+import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +38,8 @@ class Experiment:
     quick_steps: int = 1000
     # metric -> {source: value}, the numbers of REFERENCE.md section 1
     reference: dict = field(default_factory=dict)
+    # the metrics of the report's summary table
+    headline: tuple = ("nelbo", "niwae_1000")
 
 
 WRITEUP_ONE = "write-up (one run)"
@@ -54,11 +57,11 @@ CS236 = (
         "niwae_1": {WRITEUP_ONE: 98.32, OFFICIAL: 97.22}, "niwae_10": {WRITEUP_ONE: 96.00, OFFICIAL: 94.74},
         "niwae_100": {WRITEUP_ONE: 95.24, OFFICIAL: 93.8}, "niwae_1000": {WRITEUP_ONE: 94.83, OFFICIAL: 93.38}}),
     Experiment("ssvae_gen0", "SSVAE, classifier only (gen_weight 0)", "ssvae", {"objective.gen_weight": 0}, iws=(),
-               quick_steps=600, reference={"accuracy": {WRITEUP_ONE: 0.7339, OFFICIAL: 0.735}}),
+               quick_steps=600, reference={"accuracy": {WRITEUP_ONE: 0.7339, OFFICIAL: 0.735}}, headline=("accuracy",)),
     Experiment("ssvae", "SSVAE (M2, gen_weight 1, class_weight 100)", "ssvae", iws=(), quick_steps=300,
-               reference={"accuracy": {WRITEUP_ONE: 0.9380, OFFICIAL: 0.9340}}),
+               reference={"accuracy": {WRITEUP_ONE: 0.9380, OFFICIAL: 0.9340}}, headline=("accuracy", "nelbo")),
     Experiment("cvae", "Conditional VAE on MNIST (Gaussian decoder, variance 0.1)", "cvae",
-               iws=(1, 10, 100), quick_steps=1000),
+               iws=(1, 10, 100), quick_steps=1000, headline=("nelbo", "niwae_100")),
 )
 SUITES = {"cs236": CS236}
 TIMING_FILE = "reproduce.json"
@@ -131,6 +134,8 @@ def write_report(suite: str, out: Path, experiments, results: dict, quick: bool 
     figures = out / "figures"
     figures.mkdir(exist_ok=True)
     blocks = []  # (title, header, rows, images, notes) per experiment
+    summary_sources = [WRITEUP_ONE, WRITEUP_MEAN, OFFICIAL]
+    summary_rows = []
     for exp in experiments:
         run_dirs = results[exp.name]
         evals = [json.loads((d / f"eval-{exp.protocol}.json").read_text()) for d in run_dirs]
@@ -140,13 +145,18 @@ def write_report(suite: str, out: Path, experiments, results: dict, quick: bool 
         n = len(evals)
         header = ["metric", f"vaelab ({'mean ± std of ' + str(n) + ' runs' if n > 1 else 'seed 0'})", *sources]
         rows = []
+        train_s = [s["train_seconds"] for s in summaries]
         for metric in METRIC_NAMES:
             if metric not in evals[0]:
                 continue
             mean, std = _mean_std([e[metric] for e in evals])
             cell = _fmt(metric, mean) + ("" if std is None else f" ± {_fmt(metric, std)}")
-            rows.append([METRIC_NAMES[metric], cell, *[_fmt(metric, exp.reference.get(metric, {})[s]) if s in exp.reference.get(metric, {}) else ""
-                                                       for s in sources]])
+            reference = exp.reference.get(metric, {})
+            rows.append([METRIC_NAMES[metric], cell, *[_fmt(metric, reference[s]) if s in reference else "" for s in sources]])
+            if metric in exp.headline:
+                summary_rows.append([exp.name, METRIC_NAMES[metric], cell,
+                                     *[_fmt(metric, reference[s]) if s in reference else "" for s in summary_sources],
+                                     f"{statistics.median(train_s):.0f} s"])
         first = run_dirs[0]
         images = []
         for kind, caption in (("samples", "samples (decoder means)" if exp.name != "cvae" else "style/content: rows are z draws, columns labels 0-9"),
@@ -154,7 +164,6 @@ def write_report(suite: str, out: Path, experiments, results: dict, quick: bool 
             target = figures / f"{exp.name}-{kind}.png"
             shutil.copyfile(first / f"{kind}.png", target)
             images.append((f"figures/{target.name}", caption))
-        train_s = [s["train_seconds"] for s in summaries]
         notes = [f"preset `{exp.preset}`" + (f" with {', '.join(f'{k}={v}' for k, v in exp.overrides.items())}" if exp.overrides else "")
                  + f", {summaries[0]['steps']} steps, protocol `{exp.protocol}` on {evals[0]['images']} test images",
                  f"wall time per run: training {', '.join(f'{t:.0f} s' for t in train_s)}; training + evaluation + figures "
@@ -166,6 +175,10 @@ def write_report(suite: str, out: Path, experiments, results: dict, quick: bool 
     title = f"vaelab reproduce {suite}" + (" --quick (short schedule: not comparable with the write-ups)" if quick else "")
     if steps is not None:
         title += f" (every experiment {steps} steps)"
+    n_runs = len(results[experiments[0].name])
+    summary_header = ["experiment", "metric", "vaelab" + (f" (mean ± std of {n_runs} runs)" if n_runs > 1 else ""), *summary_sources,
+                      "training time" + (" (median)" if n_runs > 1 else "")]
+    blocks.insert(0, ("Summary", summary_header, summary_rows, [], ["details, figures and every metric of each experiment below"]))
     md = _markdown(title, blocks)
     (out / "report.md").write_text(md)
     (out / "report.html").write_text(_html(title, blocks))
