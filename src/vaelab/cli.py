@@ -17,6 +17,7 @@ import torch
 from . import __version__
 from .config import list_presets, load_preset, parse_override, set_key
 from .errors import VaelabError
+from .evaluate import DEFAULT_BUDGET
 
 # Flags of `vaelab train` that are shorthands for config keys.
 TRAIN_FLAGS = {
@@ -126,8 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print all metrics as one JSON object on stdout")
     p.add_argument("--data-dir", help="data root (default: the run's, else $VAELAB_DATA, else ~/.cache/vaelab)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default auto)")
-    p.add_argument("--budget", type=_positive_int, default=1 << 24,
-                   help="largest tensor in elements (samples x images x pixels); lower it to save memory (default 16777216)")
+    p.add_argument("--budget", type=_positive_int, default=DEFAULT_BUDGET,
+                   help=f"largest tensor in elements (samples x images x pixels); lower it to save memory (default {DEFAULT_BUDGET})")
     p.add_argument("--no-save", action="store_true", help="do not write RUN_DIR/eval-<protocol>.json")
 
     p = sub.add_parser("sample", help="write a grid of prior samples and a reconstruction grid",

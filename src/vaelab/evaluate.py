@@ -23,7 +23,10 @@ from .objectives import enumerated_elbo
 PROTOCOLS = ("cs236", "full")
 DEFAULT_IW = {"cs236": (1, 10, 100, 1000), "full": (1, 10, 100, 1000, 5000)}
 NELBO_REPEATS = {"cs236": 100, "full": 10}
-DEFAULT_BUDGET = 1 << 24  # elements in the largest (samples x images x pixels) tensor
+# Elements in the largest (samples x images x pixels) tensor. 2^22 floats (16 MB) stay in cache
+# between the decoder's output layer and the likelihood's passes over it: 1.7x the samples/s of 2^24
+# on 2 CPU cores (bench/ablations.py, docs/performance.md).
+DEFAULT_BUDGET = 1 << 22
 
 
 def _plan(n_images: int, n_samples: int, per_sample: int, budget: int) -> tuple[int, int]:
