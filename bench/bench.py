@@ -2,7 +2,8 @@
 
   (a) vaelab training throughput for the reference VAE (batch 100, v1 MLPs 784-300-300, z = 10),
       through vaelab.train.train exactly as `vaelab train vae` runs it (logging, TensorBoard,
-      checkpoints included);
+      checkpoints included), eager (the default) and with --compile (after one untimed compiling
+      run, whose time is reported separately);
   (b) the same model as a minimal plain PyTorch loop written here: training pixels as one float
       tensor, a fresh Bernoulli draw per batch, closed-form Gaussian KL, Adam (torch's default
       update; also measured with the fused Adam kernel that vaelab uses, for transparency);
@@ -182,6 +183,7 @@ def main() -> None:
     parser.add_argument("--iwae-run", type=Path, default=None,
                         help="a trained vae run directory for (d) (default: the model trained in (a))")
     parser.add_argument("--skip-pythae", action="store_true")
+    parser.add_argument("--skip-compile", action="store_true", help="no --compile measurement (it needs a C compiler)")
     parser.add_argument("--out", type=Path, default=Path("bench/results/latest.json"))
     args = parser.parse_args()
 
@@ -196,13 +198,20 @@ def main() -> None:
     results["matmul_gflops"] = matmul_gflops()
     print(f"matmul GFLOP/s: {results['matmul_gflops']}", flush=True)
 
-    measured = {"vaelab": [], "plain": [], "plain_fused_adam": [], "pythae": []}
+    measured = {"vaelab": [], "vaelab_compile": [], "plain": [], "plain_fused_adam": [], "pythae": []}
     with tempfile.TemporaryDirectory() as tmp:
         workdir, run_dir = Path(tmp), None
         vaelab_loop(args.data_dir, 50, 0, workdir, {})  # warm-up (first-call costs), untimed
+        if not args.skip_compile:
+            start = time.perf_counter()
+            vaelab_loop(args.data_dir, 50, 0, workdir, {"compile": True})  # compiles; later runs reuse the compiled code
+            results["compile_warmup_seconds"] = round(time.perf_counter() - start, 1)
+            print(f"torch.compile warm-up (50 steps): {results['compile_warmup_seconds']} s", flush=True)
         for r in range(args.repeats):
             speed, run_dir = vaelab_loop(args.data_dir, args.steps, r, workdir, {})
             measured["vaelab"].append(speed)
+            if not args.skip_compile:
+                measured["vaelab_compile"].append(vaelab_loop(args.data_dir, args.steps, r, workdir, {"compile": True})[0])
             measured["plain"].append(plain_loop(pixels, args.steps, r))
             measured["plain_fused_adam"].append(plain_loop(pixels, args.steps, r, fused=True))
             if not args.skip_pythae:
@@ -211,10 +220,9 @@ def main() -> None:
         results["training_images_per_second"] = {k: {"median": round(statistics.median(v), 1), "all": [round(s, 1) for s in v]}
                                                  for k, v in measured.items() if v}
         train_ips = results["training_images_per_second"]
-        results["ratios"] = {"vaelab/plain": round(train_ips["vaelab"]["median"] / train_ips["plain"]["median"], 3),
-                             "vaelab/plain_fused_adam": round(train_ips["vaelab"]["median"] / train_ips["plain_fused_adam"]["median"], 3)}
-        if "pythae" in train_ips:
-            results["ratios"]["vaelab/pythae"] = round(train_ips["vaelab"]["median"] / train_ips["pythae"]["median"], 3)
+        results["ratios"] = {f"{ours}/{theirs}": round(train_ips[ours]["median"] / train_ips[theirs]["median"], 3)
+                             for ours in ("vaelab", "vaelab_compile") for theirs in ("plain", "plain_fused_adam", "pythae")
+                             if ours in train_ips and theirs in train_ips}
         iwae = iwae_throughput(args.iwae_run or run_dir, args.data_dir, args.k, args.iwae_images)
     peak = results["matmul_gflops"]["square_2048"]
     iwae["flop_bound_samples_per_second"] = round(peak * 1e9 / decoder_flops_per_sample())
