@@ -205,18 +205,6 @@ def test_binarize_draws_fresh_bernoulli_per_call():
     assert abs(a.mean().item() - 0.3) < 0.01
 
 
-def test_training_draw_is_bernoulli_of_the_pixel_value():
-    torch.manual_seed(0)
-    pixels = torch.tensor([0.0, 1.0, 0.5, 0.1, 0.9]).repeat(40000, 1)
-    x = data.draw_binary(pixels)
-    assert x.dtype == pixels.dtype and set(x.unique().tolist()) <= {0.0, 1.0}
-    assert x[:, 0].sum() == 0 and x[:, 1].sum() == len(x)  # p = 0 never fires, p = 1 always does
-    # Frequencies within 5 standard errors of the pixel values.
-    se = (pixels[0] * (1 - pixels[0]) / len(x)).sqrt()
-    assert ((x.mean(0) - pixels[0]).abs() <= 5 * se + 1e-9).all()
-    assert not torch.equal(data.draw_binary(pixels[:10]), data.draw_binary(pixels[:10]))  # fresh draws
-
-
 def test_corrupt_deflate_data_gives_clear_error(tmp_path):
     good = gzip.compress(_header(0x08, [5000]) + np.random.default_rng(1).bytes(5000))
     bad = bytearray(good)

@@ -231,16 +231,9 @@ def load(dataset: str = "mnist", split: str = "train", data_dir=None, device="cp
 
 
 def binarize(pixels: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """One Bernoulli draw per pixel: x ~ Bernoulli(pixel). The reference recipe, used for the
-    evaluation sets (a seeded torch.bernoulli)."""
+    """One Bernoulli draw per pixel: x ~ Bernoulli(pixel)."""
     return torch.bernoulli(pixels, generator=generator)
 
-
-def draw_binary(pixels: torch.Tensor) -> torch.Tensor:
-    """One Bernoulli draw per pixel as x = 1[u < pixel], u ~ U[0, 1): the same distribution as
-    torch.bernoulli at a third of its CPU time (0.4 vs 1.1 ms per batch of 100 MNIST images, about
-    a tenth of a training step; docs/performance.md). Training batches use it."""
-    return (torch.rand_like(pixels) < pixels).to(pixels.dtype)
 
 
 # --- The cs236 subsets (REFERENCE.md section 1): positions among the images of each digit. ---

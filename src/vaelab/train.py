@@ -96,7 +96,7 @@ class Batches:
 
     def x(self, index: torch.Tensor) -> torch.Tensor:
         pixels = self.train_set.pixels(index)
-        return data_mod.draw_binary(pixels) if self.binary else pixels
+        return data_mod.binarize(pixels) if self.binary else pixels
 
     def next(self) -> dict:
         index = self.sampler.next()
