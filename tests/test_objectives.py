@@ -45,6 +45,31 @@ def test_bernoulli_decoder_log_likelihood_matches_closed_form():
     torch.testing.assert_close(model.likelihood(z).log_prob(x), expected)
 
 
+def test_independent_bernoulli_matches_torch_bernoulli_values_gradients_and_moments():
+    from torch.distributions import Bernoulli, Independent
+
+    from vaelab.likelihoods import IndependentBernoulli
+
+    torch.manual_seed(0)
+    # Extreme logits included: the softplus form must stay exact where exp(h) overflows.
+    logits = torch.cat([torch.randn(3, 5, 10, dtype=torch.float64) * 4, torch.full((3, 5, 2), 60.0, dtype=torch.float64),
+                        torch.full((3, 5, 2), -60.0, dtype=torch.float64)], -1).requires_grad_()
+    x = torch.bernoulli(torch.full((5, 14), 0.5, dtype=torch.float64))  # broadcast against k = 3 samples
+    ours, reference = IndependentBernoulli(logits), Independent(Bernoulli(logits=logits), 1)
+    assert ours.batch_shape == reference.batch_shape and ours.event_shape == reference.event_shape
+    torch.testing.assert_close(ours.log_prob(x), reference.log_prob(x))
+    (g_ours,) = torch.autograd.grad(ours.log_prob(x).sum(), logits)
+    (g_ref,) = torch.autograd.grad(reference.log_prob(x).sum(), logits)
+    torch.testing.assert_close(g_ours, g_ref)
+    torch.testing.assert_close(ours.mean, reference.mean)
+    torch.testing.assert_close(ours.variance, reference.variance)
+    torch.testing.assert_close(ours.entropy(), reference.entropy())
+    assert torch.isfinite(ours.log_prob(x)).all()
+    assert ours.sample((2,)).shape == (2, 3, 5, 14)
+    with pytest.raises(ValueError):
+        IndependentBernoulli(logits.detach(), validate_args=True).log_prob(torch.full((5, 14), 0.5, dtype=torch.float64))
+
+
 def test_analytic_kl_matches_closed_form_and_monte_carlo():
     z_dim = 4
     q = DiagonalGaussian(z_dim)(torch.randn(6, 2 * z_dim, dtype=torch.float64))
