@@ -109,7 +109,11 @@ def vaelab_loop(data_dir: str, steps: int, seed: int, workdir: Path, extra: dict
     for key, value in extra.items():
         setattr(cfg.train, key, value)
     run_dir = Path(tempfile.mkdtemp(dir=workdir, prefix="vaelab-"))
-    summary = vaelab_train(cfg, run_dir, progress=False)
+    threads = torch.get_num_threads()
+    try:
+        summary = vaelab_train(cfg, run_dir, progress=False)
+    finally:
+        torch.set_num_threads(threads)  # train.threads is process-wide; later measurements get the default
     return summary["images_per_second"], run_dir
 
 

@@ -235,7 +235,6 @@ def binarize(pixels: torch.Tensor, generator: torch.Generator | None = None) -> 
     return torch.bernoulli(pixels, generator=generator)
 
 
-
 # --- The cs236 subsets (REFERENCE.md section 1): positions among the images of each digit. ---
 CS236_TEST_POSITIONS = (
     (684, 559, 629, 192, 835, 763, 707, 359, 9, 723),
