@@ -5,12 +5,14 @@
       checkpoints included), eager (the default) and with --compile (after one untimed compiling
       run, whose time is reported separately);
   (b) the same model as a minimal plain PyTorch loop written here: training pixels as one float
-      tensor, a fresh Bernoulli draw per batch, closed-form Gaussian KL, Adam (torch's default
-      update; also measured with the fused Adam kernel that vaelab uses, for transparency);
+      tensor, a fresh torch.bernoulli draw per batch, closed-form Gaussian KL, Adam (torch's default
+      update); for transparency also with vaelab's two speed choices, the fused Adam kernel and
+      the 1[u < pixel] draw ("plain_tuned"), which shows what vaelab's own code costs;
   (c) pythae 0.1.2's VAE and BaseTrainer with the same MLPs (pythae has no dynamic binarization,
       so it gets the training set binarized once; its DataLoader collates per item);
   (d) IWAE-1000 on all 10,000 test images with vaelab.evaluate.iwae_per_image, in importance
-      samples per second, beside the FLOP bound: measured matmul GFLOP/s / decoder FLOPs per sample.
+      samples per second, beside the FLOP bound: measured matmul GFLOP/s / decoder FLOPs per sample;
+      eager (`vaelab eval`'s default) and through torch.compile (`vaelab eval --compile`).
 
 Training figures are the median of `--repeats` interleaved measurements of `--steps` steps each.
 Run it with bench/run.sh, which builds the benchmark's own virtual environment.
@@ -66,16 +68,18 @@ def matmul_gflops(seconds: float = 3.0) -> dict:
     return out
 
 
-def plain_loop(pixels: torch.Tensor, steps: int, seed: int, fused: bool = False) -> float:
+def plain_loop(pixels: torch.Tensor, steps: int, seed: int, tuned: bool = False) -> float:
     """Images/s of a minimal VAE training loop: in-memory tensor, index batches, per-batch Bernoulli draw,
-    Adam (torch's default update, as such a loop is usually written; fused=True for the fused kernel vaelab uses)."""
+    Adam, as such a loop is usually written (torch.bernoulli, torch's default Adam update); tuned=True
+    takes vaelab's two speed choices instead (the fused Adam kernel, the draw as 1[u < pixel])."""
     torch.manual_seed(seed)
     encoder, decoder = mlp(X_DIM, 2 * Z_DIM), mlp(Z_DIM, X_DIM)
-    optimizer = torch.optim.Adam([*encoder.parameters(), *decoder.parameters()], lr=LR, fused=fused or None)
+    optimizer = torch.optim.Adam([*encoder.parameters(), *decoder.parameters()], lr=LR, fused=tuned or None)
     n = pixels.shape[0]
+    draw = (lambda p: (torch.rand_like(p) < p).to(p.dtype)) if tuned else torch.bernoulli
 
     def step(index):
-        x = torch.bernoulli(pixels[index])
+        x = draw(pixels[index])
         mean, pre = encoder(x).chunk(2, dim=-1)
         var = F.softplus(pre) + 1e-8
         z = mean + var.sqrt() * torch.randn_like(mean)
@@ -163,17 +167,23 @@ class _Callbacks:
         return lambda *args, **kwargs: None
 
 
-def iwae_throughput(run_dir: Path, data_dir: str, k: int, images: int | None) -> dict:
+def iwae_throughput(run_dir: Path, data_dir: str, k: int, images: int | None, compile: bool = False) -> dict:
+    """IWAE-k on the test images as `vaelab eval` computes it (with --compile: through torch.compile(model),
+    compiled during an untimed warm-up on 50 images whose chunks have the measured run's shapes)."""
     model, cfg = load_run(run_dir, torch.device("cpu"))
     model.eval()
+    runner = torch.compile(model) if compile else model
     test = data_mod.load("mnist", "test", data_dir, "cpu", False)
     x = data_mod.binarized_test_set(test, 0)[:images]
     torch.manual_seed(0)
-    iwae_per_image(model, x[:50], k)  # warm-up
     start = time.perf_counter()
-    bound = iwae_per_image(model, x, k)
+    iwae_per_image(runner, x[:50], k)  # warm-up (compiles with compile=True)
+    warmup = time.perf_counter() - start
+    torch.manual_seed(0)
+    start = time.perf_counter()
+    bound = iwae_per_image(runner, x, k)
     seconds = time.perf_counter() - start
-    return {"images": int(x.shape[0]), "k": k, "seconds": round(seconds, 2),
+    return {"images": int(x.shape[0]), "k": k, "compiled": compile, "warmup_seconds": round(warmup, 2), "seconds": round(seconds, 2),
             "samples_per_second": round(x.shape[0] * k / seconds), "niwae": round(float(-bound.mean()), 3)}
 
 
@@ -181,7 +191,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", required=True)
     parser.add_argument("--steps", type=int, default=1500, help="optimiser steps per training measurement (default 1500)")
-    parser.add_argument("--repeats", type=int, default=3, help="interleaved measurements per trainer (default 3)")
+    parser.add_argument("--repeats", type=int, default=5, help="interleaved measurements per trainer (default 5)")
     parser.add_argument("--k", type=int, default=1000, help="importance samples per image in (d) (default 1000)")
     parser.add_argument("--iwae-images", type=int, default=None, help="test images in (d) (default all 10,000)")
     parser.add_argument("--iwae-run", type=Path, default=None,
@@ -202,16 +212,18 @@ def main() -> None:
     results["matmul_gflops"] = matmul_gflops()
     print(f"matmul GFLOP/s: {results['matmul_gflops']}", flush=True)
 
-    measured = {"vaelab": [], "vaelab_compile": [], "plain": [], "plain_fused_adam": [], "pythae": []}
+    measured = {"vaelab": [], "vaelab_compile": [], "plain": [], "plain_tuned": [], "pythae": []}
     with tempfile.TemporaryDirectory() as tmp:
         workdir, run_dir = Path(tmp), None
         vaelab_loop(args.data_dir, 50, 0, workdir, {})  # warm-up (first-call costs), untimed
         first_speed, run_dir = vaelab_loop(args.data_dir, args.steps, 0, workdir, {})
         # (d) before anything is compiled: after torch.compile has run in a process, eager kernels
         # in that process ran about 20% slower on this machine (docs/performance.md).
-        iwae = iwae_throughput(args.iwae_run or run_dir, args.data_dir, args.k, args.iwae_images)
-        print(f"IWAE-{args.k}: {iwae}", flush=True)
+        iwae = {"eager": iwae_throughput(args.iwae_run or run_dir, args.data_dir, args.k, args.iwae_images)}
+        print(f"IWAE-{args.k}: {iwae['eager']}", flush=True)
         if not args.skip_compile:
+            iwae["compiled"] = iwae_throughput(args.iwae_run or run_dir, args.data_dir, args.k, args.iwae_images, compile=True)
+            print(f"IWAE-{args.k} compiled: {iwae['compiled']}", flush=True)
             start = time.perf_counter()
             vaelab_loop(args.data_dir, 50, 0, workdir, {"compile": True})  # compiles; later runs reuse the compiled code
             results["compile_warmup_seconds"] = round(time.perf_counter() - start, 1)
@@ -222,7 +234,7 @@ def main() -> None:
             if not args.skip_compile:
                 measured["vaelab_compile"].append(vaelab_loop(args.data_dir, args.steps, r, workdir, {"compile": True})[0])
             measured["plain"].append(plain_loop(pixels, args.steps, r))
-            measured["plain_fused_adam"].append(plain_loop(pixels, args.steps, r, fused=True))
+            measured["plain_tuned"].append(plain_loop(pixels, args.steps, r, tuned=True))
             if not args.skip_pythae:
                 measured["pythae"].append(pythae_loop(binary_train, min(args.steps, 600), r, workdir))
             print(f"repeat {r}: " + ", ".join(f"{k} {v[-1]:.0f} img/s" for k, v in measured.items() if v), flush=True)
@@ -230,12 +242,14 @@ def main() -> None:
                                                  for k, v in measured.items() if v}
         train_ips = results["training_images_per_second"]
         results["ratios"] = {f"{ours}/{theirs}": round(train_ips[ours]["median"] / train_ips[theirs]["median"], 3)
-                             for ours in ("vaelab", "vaelab_compile") for theirs in ("plain", "plain_fused_adam", "pythae")
+                             for ours in ("vaelab", "vaelab_compile") for theirs in ("plain", "plain_tuned", "pythae")
                              if ours in train_ips and theirs in train_ips}
     peak = results["matmul_gflops"]["square_2048"]
-    iwae["flop_bound_samples_per_second"] = round(peak * 1e9 / decoder_flops_per_sample())
-    iwae["fraction_of_bound"] = round(iwae["samples_per_second"] / iwae["flop_bound_samples_per_second"], 3)
-    iwae["decoder_flops_per_sample"] = decoder_flops_per_sample()
+    bound = round(peak * 1e9 / decoder_flops_per_sample())
+    for case in iwae.values():
+        case["flop_bound_samples_per_second"] = bound
+        case["fraction_of_bound"] = round(case["samples_per_second"] / bound, 3)
+        case["decoder_flops_per_sample"] = decoder_flops_per_sample()
     results["iwae"] = iwae
     print(json.dumps({k: results[k] for k in ("training_images_per_second", "ratios", "iwae")}, indent=2))
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -205,6 +205,19 @@ def test_binarize_draws_fresh_bernoulli_per_call():
     assert abs(a.mean().item() - 0.3) < 0.01
 
 
+def test_training_batches_are_bernoulli_draws_of_the_pixels():
+    """binarize_batch (1[u < p]) is Bernoulli(p): exact at 0 and 1, the right mean within 5 standard
+    errors elsewhere, binary, in the pixels' dtype, and fresh at every call."""
+    torch.manual_seed(0)
+    pixels = torch.tensor([0.0, 1.0, 0.5, 0.1, 0.97, 1 / 255]).repeat(200_000, 1)
+    draws = data.binarize_batch(pixels)
+    assert draws.dtype == pixels.dtype and set(draws.unique().tolist()) <= {0.0, 1.0}
+    assert draws[:, 0].sum() == 0 and draws[:, 1].sum() == len(draws)
+    p = pixels[0]
+    assert ((draws.mean(0) - p).abs() <= 5 * (p * (1 - p) / len(draws)).sqrt()).all()
+    assert not torch.equal(draws, data.binarize_batch(pixels))
+
+
 def test_corrupt_deflate_data_gives_clear_error(tmp_path):
     good = gzip.compress(_header(0x08, [5000]) + np.random.default_rng(1).bytes(5000))
     bad = bytearray(good)

@@ -9,8 +9,10 @@ import shutil
 import pytest
 import torch
 
+from vaelab import data
 from vaelab.config import ModelConfig, RunConfig, load_preset, validate
 from vaelab.errors import ConfigError
+from vaelab.evaluate import evaluate
 from vaelab.models import build_model
 from vaelab.runs import load_run
 from vaelab.train import make_optimizer, train
@@ -74,7 +76,11 @@ def test_bf16_mixed_precision_trains_with_float32_densities(tiny_data, tmp_path)
         validate(_cfg(tiny_data, precision="fp8"))
 
 
-@pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc") is None, reason="torch.compile on CPU needs a C compiler")
+needs_compiler = pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc") is None,
+                                    reason="torch.compile on CPU needs a C compiler")
+
+
+@needs_compiler
 def test_compiled_training_keeps_parameter_names_and_resumable_checkpoints(tiny_data, tmp_path):
     summary = train(_cfg(tiny_data, steps=6, compile=True), tmp_path / "run", progress=False)
     assert all(torch.isfinite(torch.tensor(v)) for v in summary["final"].values())
@@ -82,3 +88,16 @@ def test_compiled_training_keeps_parameter_names_and_resumable_checkpoints(tiny_
     model, _ = load_run(tmp_path / "run", torch.device("cpu"))  # plain names: no _orig_mod prefixes
     assert "encoder.0.weight" in model.state_dict()
 
+
+
+@needs_compiler
+def test_compiled_evaluation_gives_the_eager_numbers_and_leaves_the_model_alone(tiny_data):
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(x_dim=784, z_dim=4, hidden=(32,)))
+    test = data.load("mnist", "test", tiny_data)
+    eager = evaluate(model, test, "full", iws=(1, 10), seed=3)
+    compiled = evaluate(model, test, "full", iws=(1, 10), seed=3, compile=True)
+    assert compiled["compiled"] is True and eager["compiled"] is False
+    for key in ("nelbo", "kl", "rec", "niwae_1", "niwae_10", "niwae_10_sem"):
+        assert compiled[key] == pytest.approx(eager[key], rel=1e-5), key
+    assert model._compiled_call_impl is None  # the model itself is not compiled in place

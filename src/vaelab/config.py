@@ -112,7 +112,8 @@ class TrainConfig:
     threads: int = 0
     """CPU threads for torch's kernels (0: torch's default, one per core)."""
     compile: bool = False
-    """torch.compile the model's forward pass (the first steps are slower while it compiles)."""
+    """torch.compile the training objective: the model's forward, densities and loss, and their backward
+    (the first steps are slower while it compiles; needs a C compiler on the CPU)."""
     precision: str = "fp32"
     """fp32, or bf16: autocast the networks to bfloat16 (mixed precision, meant for CUDA); densities,
     losses and Adam stay in float32."""

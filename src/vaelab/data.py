@@ -231,8 +231,17 @@ def load(dataset: str = "mnist", split: str = "train", data_dir=None, device="cp
 
 
 def binarize(pixels: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """One Bernoulli draw per pixel: x ~ Bernoulli(pixel)."""
+    """One Bernoulli draw per pixel: x ~ Bernoulli(pixel), with torch.bernoulli's random stream.
+    The fixed evaluation sets are drawn this way, so their numbers stay comparable across versions."""
     return torch.bernoulli(pixels, generator=generator)
+
+
+def binarize_batch(pixels: torch.Tensor) -> torch.Tensor:
+    """The same Bernoulli(pixel) draw as `binarize`, as 1[u < pixel] with u ~ U[0, 1): on the CPU a
+    uniform draw and a comparison take a fraction of torch.bernoulli's time per training batch
+    (docs/performance.md). Its random stream differs from torch.bernoulli's, so it is used for
+    training batches only."""
+    return (torch.rand_like(pixels) < pixels).to(pixels.dtype)
 
 
 # --- The cs236 subsets (REFERENCE.md section 1): positions among the images of each digit. ---

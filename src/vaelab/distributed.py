@@ -94,8 +94,13 @@ class Objective(nn.Module):
         return self.loss_fn(self.model, batch, beta)
 
 
-def wrap(model: nn.Module, loss_fn, ctx: Context, find_unused: bool) -> nn.Module:
+def wrap(model: nn.Module, loss_fn, ctx: Context, find_unused: bool, compile: bool = False) -> nn.Module:
+    """The training objective as a module, DistributedDataParallel under torchrun. compile=True
+    compiles it in place (model, densities and loss as one graph, its backward included, fusing the
+    elementwise work); in place, so the model's parameter names and checkpoints stay unchanged."""
     objective = Objective(model, loss_fn)
+    if compile:
+        objective.compile()
     if not ctx.active:
         return objective
     device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None

@@ -62,18 +62,6 @@ def make_optimizer(model: torch.nn.Module, lr: float, device: torch.device) -> t
     return torch.optim.Adam(model.parameters(), lr=lr, fused=device.type in ("cpu", "cuda"))
 
 
-def compile_model(model: torch.nn.Module) -> None:
-    """torch.compile in place, so parameter names and checkpoints stay those of the plain model.
-    Models trained through forward() get it compiled with their densities (fusing the elementwise
-    work); others (M2 trains through enumerate_labels and classify) get their networks compiled."""
-    if getattr(model, "semi_supervised", False):
-        for module in model.modules():
-            if isinstance(module, torch.nn.Sequential):
-                module.compile()
-    else:
-        model.compile()
-
-
 def prepare_run_dir(run_dir: Path) -> None:
     if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
         raise RunDirError(f"--out: {run_dir} already exists and is not empty; choose a new run directory")
@@ -96,7 +84,7 @@ class Batches:
 
     def x(self, index: torch.Tensor) -> torch.Tensor:
         pixels = self.train_set.pixels(index)
-        return data_mod.binarize(pixels) if self.binary else pixels
+        return data_mod.binarize_batch(pixels) if self.binary else pixels
 
     def next(self) -> dict:
         index = self.sampler.next()
@@ -230,13 +218,12 @@ def _train(cfg: RunConfig, run_dir: Path, progress: bool, resume: bool, ctx: dis
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     model = build_model(cfg.model).to(device)
-    if cfg.train.compile:
-        compile_model(model)
     optimizer = make_optimizer(model, cfg.train.lr, device)
     # Mixed precision: the networks run in bfloat16, densities in float32 (nets.full_precision).
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.train.precision == "bf16")
     objective = distributed.wrap(model, lambda m, batch, beta: training_loss(m, batch, cfg, beta), ctx,
-                                 find_unused=semi_supervised and cfg.objective.gen_weight == 0)
+                                 find_unused=semi_supervised and cfg.objective.gen_weight == 0,
+                                 compile=cfg.train.compile)
     names, sums, since_log, done, elapsed_before, skipped, bad_in_row = None, None, 0, 0, 0.0, 0, 0
     if resume:
         done, names, sums, since_log, elapsed_before, skipped = _restore(run_dir, model, optimizer, batches, device)
