@@ -16,6 +16,8 @@ from vaelab.evaluate import active_units, iwae_per_image
 from vaelab.models import build_model
 from vaelab.objectives import Terms
 from vaelab.posteriors import FullCovarianceGaussian
+from torch.distributions import MixtureSameFamily
+
 from vaelab.priors import MixtureOfGaussiansPrior, StandardNormalPrior
 
 LOG_2PI = math.log(2 * math.pi)
@@ -42,6 +44,12 @@ def test_mixture_log_density_matches_direct_computation():
         log_n = -0.5 * (LOG_2PI + var[k].log() + (z - means[k]) ** 2 / var[k]).sum(-1)
         direct += log_n.exp() / 7
     torch.testing.assert_close(prior().log_prob(z), direct.log())
+    # The matmul expansion equals MixtureSameFamily's own log-density, in float64 and in float32.
+    dist = prior()
+    torch.testing.assert_close(prior().log_prob(z), MixtureSameFamily.log_prob(dist, z))
+    z32, dist32 = z.float(), prior.float()()
+    torch.testing.assert_close(dist32.log_prob(z32), MixtureSameFamily.log_prob(dist32, z32), rtol=1e-5, atol=1e-4)
+    prior.double()
     # Far from every component the direct sum underflows; logsumexp does not.
     assert torch.isfinite(prior().log_prob(torch.full((1, 3), 60.0, dtype=torch.float64))).all()
 
