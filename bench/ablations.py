@@ -13,7 +13,10 @@ Training (images/s of vaelab.train.train on the reference VAE, median of interle
   bf16                          train.precision = bf16 (autocast on the CPU)
   compile                       train.compile = true (after one untimed compiling run)
 IWAE-1000 evaluation (importance samples/s of vaelab.evaluate.iwae_per_image on --images test images):
-  default and torch-bernoulli, and a range of chunk budgets (elements of the largest tensor).
+  default and torch-bernoulli, and a range of chunk budgets (elements of the largest tensor);
+  the GMVAE (500 components) with vaelab's mixture density (matmul expansion) and with
+  MixtureSameFamily's (a (samples, K, z) tensor).
+--variants "" measures the IWAE cases only.
 Undone and tried-and-dropped choices live here, monkeypatched in; vaelab itself has no switch for them.
 """
 
@@ -29,12 +32,14 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-from torch.distributions import Bernoulli, Independent
+from torch.distributions import Bernoulli, Independent, MixtureSameFamily
 
 from vaelab import data as data_mod
-from vaelab import likelihoods
+from vaelab import likelihoods, priors
 from vaelab import train as train_mod
+from vaelab.config import load_preset
 from vaelab.evaluate import DEFAULT_BUDGET, iwae_per_image
+from vaelab.models import build_model
 from vaelab.nets import full_precision
 from vaelab.runs import load_run, provenance
 
@@ -86,6 +91,20 @@ def iwae_speed(model, x: torch.Tensor, k: int, budget: int) -> float:
     return x.shape[0] * k / (time.perf_counter() - start)
 
 
+def gmvae_iwae_speeds(x: torch.Tensor, k: int) -> dict:
+    """IWAE-k samples/s of the cs236 GMVAE (untrained: the speed does not depend on the weights) with
+    vaelab's mixture log-density and with MixtureSameFamily's, chunks sized for each."""
+    cfg = load_preset("gmvae")
+    cfg.model.x_dim, cfg.model.image_shape = x.shape[1], [1, 28, 28]
+    torch.manual_seed(0)
+    gmvae = build_model(cfg.model).eval()
+    speeds = {"gmvae-default": iwae_speed(gmvae, x, k, DEFAULT_BUDGET)}
+    with patched(priors.DiagonalGaussianMixture, "log_prob", MixtureSameFamily.log_prob), \
+            patched(priors.MixtureOfGaussiansPrior, "elements_per_sample", lambda self: self.components * self.z_pre.shape[2]):
+        speeds["gmvae-mixture-same-family"] = iwae_speed(gmvae, x, k, DEFAULT_BUDGET)
+    return speeds
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", required=True)
@@ -96,7 +115,7 @@ def main() -> None:
     parser.add_argument("--variants", default="default,adam-foreach,torch-bernoulli,bernoulli-draw,threads-1,bf16,compile")
     parser.add_argument("--out", type=Path, default=Path("bench/results/ablations.json"))
     args = parser.parse_args()
-    names = args.variants.split(",")
+    names = [name for name in args.variants.split(",") if name]
     results = {"machine": provenance(), "steps": args.steps, "repeats": args.repeats, "training_images_per_second": {},
                "iwae_samples_per_second": {}}
     speeds = {name: [] for name in names}
@@ -116,6 +135,9 @@ def main() -> None:
                 speed = iwae_speed(model, x, args.k, budget)
             results["iwae_samples_per_second"][name] = round(speed)
             print(f"iwae  {name:16s} budget {budget:>9d}: {speed:10.0f} samples/s", flush=True)
+        for name, speed in gmvae_iwae_speeds(x, args.k).items():
+            results["iwae_samples_per_second"][name] = round(speed)
+            print(f"iwae  {name:26s}: {speed:10.0f} samples/s", flush=True)
         if "compile" in names:  # compile once, untimed; the measured runs reuse the compiled code
             vaelab_loop(args.data_dir, 50, 0, workdir, {"compile": True})
         for r in range(args.repeats):

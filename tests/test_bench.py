@@ -33,7 +33,7 @@ def test_ablations_undo_one_choice_at_a_time(tiny_data, tmp_path):
                            "--out", str(out)], check=True, capture_output=True, text=True, timeout=300)
     result = json.loads(out.read_text())
     assert set(result["training_images_per_second"]) == {"default", "adam-foreach", "torch-bernoulli", "bernoulli-draw"}
-    assert {"default", "torch-bernoulli", "budget-2^20"} <= set(result["iwae_samples_per_second"])
+    assert {"default", "torch-bernoulli", "budget-2^20", "gmvae-default", "gmvae-mixture-same-family"} <= set(result["iwae_samples_per_second"])
     assert "train bernoulli-draw" in proc.stdout
 
 
