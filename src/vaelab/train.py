@@ -262,6 +262,7 @@ def _train(cfg: RunConfig, run_dir: Path, progress: bool, resume: bool, ctx: dis
     bar = tqdm(total=cfg.train.steps, initial=done, disable=not (progress and main), dynamic_ncols=True, mininterval=0.5,
                desc=f"train {cfg.model.name}")
     record: dict = {}
+    parameters = list(model.parameters())  # once: walking the module tree costs ~0.1 ms a step
     model.train()
     for step in range(done + 1, cfg.train.steps + 1):
         beta = objectives.annealed_beta(step - 1, cfg.objective.beta, cfg.objective.kl_warmup_steps)
@@ -272,9 +273,9 @@ def _train(cfg: RunConfig, run_dir: Path, progress: bool, resume: bool, ctx: dis
         out.loss.backward()
         # One fused norm over all gradients: clips when asked, and tells whether any is inf / nan.
         if cfg.train.grad_clip:
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+            grad_norm = torch.nn.utils.clip_grad_norm_(parameters, cfg.train.grad_clip)
         else:
-            grad_norm = torch.nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None])
+            grad_norm = torch.nn.utils.get_total_norm([p.grad for p in parameters if p.grad is not None])
         if not ctx.all_true(bool(torch.isfinite(out.loss.detach()) & torch.isfinite(grad_norm))):
             skipped += 1
             bad_in_row += 1
