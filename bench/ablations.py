@@ -61,8 +61,8 @@ def torch_bernoulli(self, h):
     return Independent(Bernoulli(logits=full_precision(h), validate_args=False), 1, validate_args=False)
 
 
-def bernoulli_draw(pixels):
-    return torch.bernoulli(pixels)
+def bernoulli_draw(images):
+    return torch.bernoulli(images.reshape(images.shape[0], -1).float().div_(255.0))
 
 
 def foreach_adam(model, lr, device):

@@ -206,16 +206,18 @@ def test_binarize_draws_fresh_bernoulli_per_call():
 
 
 def test_training_batches_are_bernoulli_draws_of_the_pixels():
-    """binarize_batch (1[u < p]) is Bernoulli(p): exact at 0 and 1, the right mean within 5 standard
-    errors elsewhere, binary, in the pixels' dtype, and fresh at every call."""
+    """binarize_batch (1[255 u < pixel]) is Bernoulli(pixel / 255): exact at 0 and 255, the right mean
+    within 5 standard errors elsewhere, binary float pixels flattened per image, fresh at every call."""
     torch.manual_seed(0)
-    pixels = torch.tensor([0.0, 1.0, 0.5, 0.1, 0.97, 1 / 255]).repeat(200_000, 1)
-    draws = data.binarize_batch(pixels)
-    assert draws.dtype == pixels.dtype and set(draws.unique().tolist()) <= {0.0, 1.0}
+    values = torch.tensor([0, 255, 128, 26, 247, 1], dtype=torch.uint8)
+    images = values.repeat(200_000, 1).reshape(200_000, 1, 2, 3)
+    draws = data.binarize_batch(images)
+    assert draws.shape == (200_000, 6) and draws.dtype == torch.float32
+    assert set(draws.unique().tolist()) <= {0.0, 1.0}
     assert draws[:, 0].sum() == 0 and draws[:, 1].sum() == len(draws)
-    p = pixels[0]
-    assert ((draws.mean(0) - p).abs() <= 5 * (p * (1 - p) / len(draws)).sqrt()).all()
-    assert not torch.equal(draws, data.binarize_batch(pixels))
+    p = values.double() / 255
+    assert ((draws.double().mean(0) - p).abs() <= 5 * (p * (1 - p) / len(draws)).sqrt()).all()
+    assert not torch.equal(draws, data.binarize_batch(images))
 
 
 def test_corrupt_deflate_data_gives_clear_error(tmp_path):

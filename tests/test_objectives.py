@@ -159,3 +159,28 @@ def test_chunk_plan_respects_the_budget():
         images, samples = _plan(n, k, 784, budget)
         assert 1 <= images <= n and 1 <= samples <= k
         assert images * samples * 784 <= max(budget, 784)
+
+
+def test_lazy_densities_are_computed_once_and_only_when_a_loss_reads_them():
+    eager = _terms(k=3, with_kl=True)
+    calls = []
+
+    def later(value):
+        return lambda: calls.append(1) or value
+
+    lazy = Terms(eager.log_px_z, later(eager.log_pz), later(eager.log_qz), kl=eager.kl)
+    elbo_loss = objectives.loss(lazy, "elbo")
+    assert calls == []  # the ELBO with an analytic KL needs neither log p(z) nor log q(z|x)
+    torch.testing.assert_close(elbo_loss.loss, objectives.loss(eager, "elbo").loss)
+    torch.testing.assert_close(objectives.loss(lazy, "iwae").loss, objectives.loss(eager, "iwae").loss)
+    objectives.iwae_bound(lazy)
+    assert calls == [1, 1]  # each computed once, then kept
+    # The VAE hands its densities over lazily; reading them gives the distributions' log-densities.
+    model = VAE(x_dim=20, z_dim=3, hidden=(16,))
+    x = torch.bernoulli(torch.full((8, 20), 0.3))
+    terms = model(x, k=4)
+    q, prior = model.posterior(x), model.prior()
+    assert terms.log_pz.shape == terms.log_qz.shape == (4, 8)
+    assert torch.isfinite(terms.log_pz).all() and torch.isfinite(terms.log_qz).all()
+    assert (terms.log_pz <= prior.log_prob(torch.zeros(3)) + 1e-6).all()  # N(0, I) peaks at 0
+    assert q.batch_shape == (8,)

@@ -101,3 +101,18 @@ def test_compiled_evaluation_gives_the_eager_numbers_and_leaves_the_model_alone(
     for key in ("nelbo", "kl", "rec", "niwae_1", "niwae_10", "niwae_10_sem"):
         assert compiled[key] == pytest.approx(eager[key], rel=1e-5), key
     assert model._compiled_call_impl is None  # the model itself is not compiled in place
+
+
+def test_gradient_check_flags_any_non_finite_entry():
+    from vaelab.train import gradients_finite
+
+    params = [torch.nn.Parameter(torch.zeros(3, 4)), torch.nn.Parameter(torch.zeros(5)), torch.nn.Parameter(torch.zeros(2))]
+    params[0].grad, params[1].grad = torch.randn(3, 4) * 1e3, torch.randn(5)  # the third has no gradient
+    assert bool(gradients_finite(params))
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        params[1].grad[2] = bad
+        assert not bool(gradients_finite(params)), bad
+    params[1].grad[2] = 0.0
+    params[0].grad[0, 0], params[0].grad[1, 1] = float("inf"), -float("inf")  # inf - inf: nan, still flagged
+    assert not bool(gradients_finite(params))
+    assert bool(gradients_finite([torch.nn.Parameter(torch.zeros(2))]))  # no gradients at all

@@ -14,20 +14,34 @@ from torch.nn import functional as nn_functional
 from torch.distributions import Distribution, Independent, Normal, kl_divergence
 
 
-@dataclass
 class Terms:
     """Per-sample terms of a latent-variable model, each of shape (k, B).
 
     log_px_z: log p(x | z_i);  log_pz: log p(z_i);  log_qz: log q(z_i | x).
     kl: analytic KL(q(z|x) || p(z)) of shape (B,), or None where it has no closed form.
     kl_dims: the analytic KL per latent dimension, (B, z_dim), where q and p both factorise.
+
+    A model may pass log_pz and log_qz as zero-argument functions: they are then computed when first
+    read (and kept), so a loss that needs only log_px_z and the analytic KL, the ELBO, never pays
+    for them. Read them in the grad mode the loss needs, as any other term.
     """
 
-    log_px_z: torch.Tensor
-    log_pz: torch.Tensor
-    log_qz: torch.Tensor
-    kl: torch.Tensor | None = None
-    kl_dims: torch.Tensor | None = None
+    def __init__(self, log_px_z: torch.Tensor, log_pz, log_qz, kl: torch.Tensor | None = None,
+                 kl_dims: torch.Tensor | None = None):
+        self.log_px_z, self.kl, self.kl_dims = log_px_z, kl, kl_dims
+        self._log_pz, self._log_qz = log_pz, log_qz
+
+    @property
+    def log_pz(self) -> torch.Tensor:
+        if callable(self._log_pz):
+            self._log_pz = self._log_pz()
+        return self._log_pz
+
+    @property
+    def log_qz(self) -> torch.Tensor:
+        if callable(self._log_qz):
+            self._log_qz = self._log_qz()
+        return self._log_qz
 
     @property
     def k(self) -> int:
@@ -118,18 +132,17 @@ def loss(terms: Terms, kind: str = "elbo", beta: float = 1.0, free_bits: float =
     kind="iwae": -log (1/k) sum_i p(x|z_i) (p(z_i)/q(z_i|x))^beta (Burda et al.; beta = 1 is the IWAE).
     The logged nelbo / kl / rec are always the true single-sample ELBO terms (beta = 1, no free bits).
     """
-    kl = kl_term(terms)
-    rec = reconstruction_term(terms)
+    kl = kl_term(terms).mean()
+    rec = reconstruction_term(terms).mean()
     if kind == "elbo":
-        kl_cost = free_bits_kl(terms, free_bits, free_bits_group) if free_bits > 0 else kl.mean()
-        value = rec.mean() + beta * kl_cost
+        kl_cost = free_bits_kl(terms, free_bits, free_bits_group) if free_bits > 0 else kl
+        value = rec + beta * kl_cost
     elif kind == "iwae":
         value = -iwae_bound(terms, beta).mean()
     else:
         raise ValueError(f"unknown objective {kind!r}")
-    with torch.no_grad():
-        nelbo = (rec + kl).mean()
-    return LossOutput(loss=value, nelbo=nelbo, kl=kl.mean().detach(), rec=rec.mean().detach())
+    kl, rec = kl.detach(), rec.detach()
+    return LossOutput(loss=value, nelbo=rec + kl, kl=kl, rec=rec)
 
 
 # --- Semi-supervised (M2): the label is enumerated, not sampled. ---

@@ -73,7 +73,8 @@ class ConditionalVAE(nn.Module):
         prior = self.prior()
         z = q.rsample((k,))
         kl, kl_dims = kl_terms(q, prior)
-        return Terms(log_px_z=self.likelihood(z, y).log_prob(x), log_pz=prior.log_prob(z), log_qz=q.log_prob(z), kl=kl, kl_dims=kl_dims)
+        return Terms(log_px_z=self.likelihood(z, y).log_prob(x), log_pz=lambda: prior.log_prob(z), log_qz=lambda: q.log_prob(z),
+                     kl=kl, kl_dims=kl_dims)
 
     def sample(self, n: int, y: torch.Tensor | None = None) -> torch.Tensor:
         """Mean images for z ~ p(z) and labels y (default 0, 1, ..., 9, 0, 1, ...); (n, x_dim)."""

@@ -62,7 +62,8 @@ class VAE(nn.Module):
         prior = self.prior()
         z = q.rsample((k,))
         kl, kl_dims = kl_terms(q, prior)
-        return Terms(log_px_z=self.likelihood(z).log_prob(x), log_pz=prior.log_prob(z), log_qz=q.log_prob(z), kl=kl, kl_dims=kl_dims)
+        return Terms(log_px_z=self.likelihood(z).log_prob(x), log_pz=lambda: prior.log_prob(z), log_qz=lambda: q.log_prob(z),
+                     kl=kl, kl_dims=kl_dims)
 
     @torch.no_grad()
     def sample(self, n: int) -> torch.Tensor:
