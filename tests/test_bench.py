@@ -56,3 +56,13 @@ def test_the_tried_alternatives_compute_the_same_quantities():
 
     torch.testing.assert_close(ablations.torch_bernoulli(None, logits).log_prob(x), BernoulliLikelihood()(logits).log_prob(x))
     torch.testing.assert_close(ablations.torch_bernoulli(None, logits).log_prob(x), Independent(Bernoulli(logits=logits), 1).log_prob(x))
+
+
+def test_step_overhead_interleaves_the_three_steps(tiny_data, tmp_path):
+    out = tmp_path / "steps.json"
+    subprocess.run([sys.executable, str(ROOT / "bench" / "step_overhead.py"), "--data-dir", str(tiny_data), "--steps", "5",
+                    "--out", str(out)], check=True, capture_output=True, timeout=300)
+    result = json.loads(out.read_text())
+    medians = result["median_ms_per_step"]
+    assert set(medians) == {"vaelab", "plain", "plain_tuned"} and all(v > 0 for v in medians.values())
+    assert result["ratios"]["vaelab/plain"] == round(medians["plain"] / medians["vaelab"], 3)
