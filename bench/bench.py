@@ -68,14 +68,13 @@ def matmul_gflops(seconds: float = 3.0) -> dict:
     return out
 
 
-def plain_loop(pixels: torch.Tensor, steps: int, seed: int, tuned: bool = False) -> float:
-    """Images/s of a minimal VAE training loop: in-memory tensor, index batches, per-batch Bernoulli draw,
-    Adam, as such a loop is usually written (torch.bernoulli, torch's default Adam update); tuned=True
-    takes vaelab's two speed choices instead (the fused Adam kernel, the draw as 1[u < pixel])."""
-    torch.manual_seed(seed)
+def plain_step(pixels: torch.Tensor, tuned: bool = False):
+    """One step of a minimal VAE training loop on the batch pixels[index]: per-batch Bernoulli draw,
+    closed-form KL, Adam, as such a loop is usually written (torch.bernoulli, torch's default Adam
+    update); tuned=True takes vaelab's two speed choices instead (the fused Adam kernel, the draw as
+    1[u < pixel]). Returns step(index)."""
     encoder, decoder = mlp(X_DIM, 2 * Z_DIM), mlp(Z_DIM, X_DIM)
     optimizer = torch.optim.Adam([*encoder.parameters(), *decoder.parameters()], lr=LR, fused=tuned or None)
-    n = pixels.shape[0]
     draw = (lambda p: (torch.rand_like(p) < p).to(p.dtype)) if tuned else torch.bernoulli
 
     def step(index):
@@ -91,6 +90,14 @@ def plain_loop(pixels: torch.Tensor, steps: int, seed: int, tuned: bool = False)
         optimizer.step()
         return loss
 
+    return step
+
+
+def plain_loop(pixels: torch.Tensor, steps: int, seed: int, tuned: bool = False) -> float:
+    """Images/s of the plain loop (plain_step) over an in-memory tensor, batches in shuffled order."""
+    torch.manual_seed(seed)
+    step = plain_step(pixels, tuned)
+    n = pixels.shape[0]
     order = torch.randperm(n)
     for i in range(20):  # warm-up, untimed
         step(order[i * BATCH : (i + 1) * BATCH])

@@ -22,7 +22,6 @@ import time
 from pathlib import Path
 
 import torch
-from torch.nn import functional as F
 
 from vaelab import data as data_mod
 from vaelab.config import load_preset
@@ -31,7 +30,7 @@ from vaelab.runs import provenance
 from vaelab.train import Batches, gradients_finite, make_optimizer, training_loss
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench import BATCH, LR, X_DIM, Z_DIM, mlp  # noqa: E402  (the benchmark's own networks and settings)
+from bench import BATCH, plain_step  # noqa: E402  (the benchmark's own plain loop)
 
 
 def vaelab_step(train_set: data_mod.ImageSet):
@@ -53,27 +52,6 @@ def vaelab_step(train_set: data_mod.ImageSet):
     return step
 
 
-def plain_step(pixels: torch.Tensor, tuned: bool):
-    encoder, decoder = mlp(X_DIM, 2 * Z_DIM), mlp(Z_DIM, X_DIM)
-    optimizer = torch.optim.Adam([*encoder.parameters(), *decoder.parameters()], lr=LR, fused=tuned or None)
-    draw = (lambda p: (torch.rand_like(p) < p).to(p.dtype)) if tuned else torch.bernoulli
-    n = pixels.shape[0]
-
-    def step():
-        x = draw(pixels[torch.randint(n, (BATCH,))])
-        mean, pre = encoder(x).chunk(2, dim=-1)
-        var = F.softplus(pre) + 1e-8
-        z = mean + var.sqrt() * torch.randn_like(mean)
-        rec = F.binary_cross_entropy_with_logits(decoder(z), x, reduction="none").sum(-1)
-        kl = 0.5 * (var + mean.pow(2) - 1 - var.log()).sum(-1)
-        loss = (rec + kl).mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
-    return step
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", required=True)
@@ -83,7 +61,10 @@ def main() -> None:
     torch.manual_seed(0)
     train_set = data_mod.load("mnist", "train", args.data_dir, "cpu", False)
     pixels = train_set.pixels()
-    contenders = {"vaelab": vaelab_step(train_set), "plain": plain_step(pixels, False), "plain_tuned": plain_step(pixels, True)}
+    n = pixels.shape[0]
+    plain, plain_tuned = plain_step(pixels, tuned=False), plain_step(pixels, tuned=True)
+    contenders = {"vaelab": vaelab_step(train_set), "plain": lambda: plain(torch.randint(n, (BATCH,))),
+                  "plain_tuned": lambda: plain_tuned(torch.randint(n, (BATCH,)))}
     for step in contenders.values():  # warm-up, untimed
         for _ in range(30):
             step()

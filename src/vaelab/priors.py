@@ -37,7 +37,7 @@ class DiagonalGaussianMixture(MixtureSameFamily):
 
     i.e. two (..., D) x (D, K) matmuls where MixtureSameFamily builds a (..., K, D) tensor: K = 500
     components cost the GMVAE a fraction of the time and memory in IWAE evaluation. Sampling, mean
-    and the rest are MixtureSameFamily's; the density equals it to float rounding (tests/test_models.py)."""
+    and the rest are MixtureSameFamily's; the density equals it to float rounding (tests/test_settings.py)."""
 
     def __init__(self, logits: torch.Tensor, means: torch.Tensor, variances: torch.Tensor):
         components = Independent(Normal(means, variances.sqrt(), validate_args=False), 1, validate_args=False)
