@@ -82,7 +82,13 @@ needs_compiler = pytest.mark.skipif(shutil.which("cc") is None and shutil.which(
 
 @needs_compiler
 def test_compiled_training_keeps_parameter_names_and_resumable_checkpoints(tiny_data, tmp_path):
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
     summary = train(_cfg(tiny_data, steps=6, compile=True), tmp_path / "run", progress=False)
+    # One eager step first, then the whole objective compiles as a single graph, without breaks.
+    assert counters["stats"]["unique_graphs"] == 1 and not counters["graph_break"]
     assert all(torch.isfinite(torch.tensor(v)) for v in summary["final"].values())
     assert json.loads((tmp_path / "run" / "config.json").read_text())["train"]["compile"] is True
     model, _ = load_run(tmp_path / "run", torch.device("cpu"))  # plain names: no _orig_mod prefixes

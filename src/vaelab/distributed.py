@@ -94,14 +94,19 @@ class Objective(nn.Module):
         return self.loss_fn(self.model, batch, beta)
 
 
-def wrap(model: nn.Module, loss_fn, ctx: Context, find_unused: bool, compile: bool = False) -> nn.Module:
-    """The training objective as a module, DistributedDataParallel under torchrun. compile=True
-    compiles it in place (model, densities and loss as one graph, its backward included, fusing the
-    elementwise work); in place, so the model's parameter names and checkpoints stay unchanged."""
+def wrap(model: nn.Module, loss_fn, ctx: Context, find_unused: bool) -> nn.Module:
+    """The training objective as a module, DistributedDataParallel under torchrun."""
     objective = Objective(model, loss_fn)
-    if compile:
-        objective.compile()
     if not ctx.active:
         return objective
     device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
     return nn.parallel.DistributedDataParallel(objective, device_ids=device_ids, find_unused_parameters=find_unused)
+
+
+def compile_objective(objective: nn.Module) -> None:
+    """torch.compile the objective in place: model, densities and loss as one graph, its backward
+    included, fusing the elementwise work. In place (inside DistributedDataParallel too), so the
+    model's parameter names and checkpoints stay unchanged. Call it after one eager step: that step
+    fills torch.distributions' KL dispatch cache, a lookup torch.compile cannot trace, which would
+    otherwise split the objective into three graphs (and recompile once the cache is filled)."""
+    getattr(objective, "module", objective).compile()

@@ -231,8 +231,7 @@ def _train(cfg: RunConfig, run_dir: Path, progress: bool, resume: bool, ctx: dis
     # Mixed precision: the networks run in bfloat16, densities in float32 (nets.full_precision).
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.train.precision == "bf16")
     objective = distributed.wrap(model, lambda m, batch, beta: training_loss(m, batch, cfg, beta), ctx,
-                                 find_unused=semi_supervised and cfg.objective.gen_weight == 0,
-                                 compile=cfg.train.compile)
+                                 find_unused=semi_supervised and cfg.objective.gen_weight == 0)
     names, sums, since_log, done, elapsed_before, skipped, bad_in_row = None, None, 0, 0, 0.0, 0, 0
     if resume:
         done, names, sums, since_log, elapsed_before, skipped = _restore(run_dir, model, optimizer, batches, device)
@@ -274,6 +273,8 @@ def _train(cfg: RunConfig, run_dir: Path, progress: bool, resume: bool, ctx: dis
     parameters = list(model.parameters())  # once: walking the module tree costs ~0.1 ms a step
     model.train()
     for step in range(done + 1, cfg.train.steps + 1):
+        if cfg.train.compile and step == done + 2:  # after one eager step (distributed.compile_objective)
+            distributed.compile_objective(objective)
         beta = objectives.annealed_beta(step - 1, cfg.objective.beta, cfg.objective.kl_warmup_steps)
         batch = {key: ctx.shard(value) for key, value in batches.next().items()}
         with autocast:
