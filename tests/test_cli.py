@@ -236,3 +236,16 @@ def test_tensorboard_events_hold_scalars_and_images(trained_run):
     metrics = [json.loads(line) for line in (trained_run / "metrics.jsonl").read_text().splitlines()]
     assert events.Scalars("train/nelbo")[-1].value == pytest.approx(metrics[-1]["nelbo"], rel=1e-5)
     assert "samples" in tags["images"] and [e.step for e in events.Images("samples")] == [20, 40]
+
+
+def test_compile_without_a_cpp_compiler_is_a_one_line_error(cli, tiny_data, trained_run, tmp_path, monkeypatch):
+    monkeypatch.setattr("vaelab.train.shutil.which", lambda name: None)
+    monkeypatch.delenv("CXX", raising=False)
+    out = tmp_path / "compiled"
+    proc = cli("train", "vae", "--steps", "5", "--compile", "--data-dir", tiny_data, "--out", out, "--device", "cpu", "--no-progress")
+    _one_line_error(proc, "--compile", "C++ compiler")
+    assert not out.exists()  # refused before the run directory was made
+    before = sorted(p.name for p in trained_run.iterdir())
+    proc = cli("eval", trained_run, "--compile", "--iw", "1", "--device", "cpu", "--data-dir", tiny_data)
+    _one_line_error(proc, "--compile", "C++ compiler")
+    assert sorted(p.name for p in trained_run.iterdir()) == before  # nothing written

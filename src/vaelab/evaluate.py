@@ -144,6 +144,10 @@ def evaluate(model, test: data_mod.ImageSet, protocol: str = "cs236", iws=None, 
     iws = DEFAULT_IW[protocol] if iws is None else tuple(iws)
     binary = is_binary(model)
     x, y = evaluation_set(protocol, test, binary)
+    if compile:
+        from .train import check_compile_toolchain
+
+        check_compile_toolchain(x.device)
     # Bounds go through forward(); a compiled wrapper shares the model's parameters.
     bounded = torch.compile(model) if compile else model
     labels = y if getattr(model, "conditional", False) else None  # conditional models bound log p(x | y)

@@ -7,6 +7,8 @@ indices and draws a fresh Bernoulli binarization there. No per-item Python runs 
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import time
 from pathlib import Path
 
@@ -60,6 +62,14 @@ def make_optimizer(model: torch.nn.Module, lr: float, device: torch.device) -> t
     instead of a dozen foreach ops; on the reference VAE it is most of the difference between
     vaelab and a plain loop (docs/performance.md)."""
     return torch.optim.Adam(model.parameters(), lr=lr, fused=device.type in ("cpu", "cuda"))
+
+
+def check_compile_toolchain(device: torch.device, option: str = "--compile") -> None:
+    """torch.compile builds C++ kernels for the CPU: without a compiler it fails deep inside inductor
+    at the first step, so a missing one is a one-line ConfigError before anything runs."""
+    candidates = (os.environ.get("CXX", ""), "c++", "g++", "clang++")
+    if device.type == "cpu" and not any(shutil.which(c) for c in candidates if c):
+        raise ConfigError(f"{option}: torch.compile on the CPU needs a C++ compiler (g++, clang++ or $CXX) on PATH; none was found")
 
 
 def gradients_finite(parameters: list[torch.Tensor]) -> torch.Tensor:
@@ -226,6 +236,8 @@ def _train(cfg: RunConfig, run_dir: Path, progress: bool, resume: bool, ctx: dis
         distributed.check_divisible(ctx, len(batches.labelled), "the labelled subset")
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
+    if cfg.train.compile:
+        check_compile_toolchain(device)
     model = build_model(cfg.model).to(device)
     optimizer = make_optimizer(model, cfg.train.lr, device)
     # Mixed precision: the networks run in bfloat16, densities in float32 (nets.full_precision).
