@@ -129,6 +129,11 @@ def _fmt(metric: str, value: float) -> str:
     return f"{value:.4f}" if metric == "accuracy" else (f"{value:.0f}" if metric == "active_units" else f"{value:.2f}")
 
 
+def _reference_cells(metric: str, reference: dict, sources) -> list[str]:
+    """One table cell per source: its reference value of `metric`, or empty where it has none."""
+    return [_fmt(metric, reference[source]) if source in reference else "" for source in sources]
+
+
 def write_report(suite: str, out: Path, experiments, results: dict, quick: bool = False, steps: int | None = None) -> Path:
     """report.md and report.html from the finished runs; figures are copied under OUT/figures/."""
     figures = out / "figures"
@@ -152,10 +157,10 @@ def write_report(suite: str, out: Path, experiments, results: dict, quick: bool 
             mean, std = _mean_std([e[metric] for e in evals])
             cell = _fmt(metric, mean) + ("" if std is None else f" ± {_fmt(metric, std)}")
             reference = exp.reference.get(metric, {})
-            rows.append([METRIC_NAMES[metric], cell, *[_fmt(metric, reference[s]) if s in reference else "" for s in sources]])
+            rows.append([METRIC_NAMES[metric], cell, *_reference_cells(metric, reference, sources)])
             if metric in exp.headline:
                 summary_rows.append([exp.name, METRIC_NAMES[metric], cell,
-                                     *[_fmt(metric, reference[s]) if s in reference else "" for s in summary_sources],
+                                     *_reference_cells(metric, reference, summary_sources),
                                      f"{statistics.median(train_s):.0f} s"])
         first = run_dirs[0]
         images = []
