@@ -15,9 +15,11 @@ from pathlib import Path
 import torch
 
 from . import __version__
-from .config import list_presets, load_preset, parse_override, set_key
+from .distributions import LIKELIHOODS, POSTERIORS, PRIORS
 from .errors import VaelabError
-from .evaluate import DEFAULT_BUDGET
+from .evaluation import DEFAULT_BUDGET
+from .nets import NETS
+from .training.config import list_presets, load_preset, parse_override, set_key
 
 # Flags of `vaelab train` that are shorthands for config keys.
 TRAIN_FLAGS = {
@@ -32,7 +34,9 @@ TRAIN_FLAGS = {
     "log_every": "train.log_every",
     "checkpoint_every": "train.checkpoint_every",
     "z_dim": "model.z_dim",
+    "net": "model.net",
     "hidden": "model.hidden",
+    "channels": "model.channels",
     "beta": "objective.beta",
     "objective": "objective.kind",
     "k": "objective.k",
@@ -44,8 +48,8 @@ TRAIN_FLAGS = {
     "posterior": "model.posterior",
     "likelihood": "model.likelihood",
     "decoder_variance": "model.decoder_variance",
-    "gen_weight": "objective.gen_weight",
-    "class_weight": "objective.class_weight",
+    "gen_weight": "model.gen_weight",
+    "class_weight": "model.class_weight",
     "dataset": "data.dataset",
     "data_dir": "data.data_dir",
 }
@@ -88,21 +92,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, help="Adam learning rate (default 1e-3)")
     p.add_argument("--seed", type=int, help="random seed for weights, batches, binarization and samples (default 0)")
     p.add_argument("--z-dim", type=int, help="latent dimensionality (default 10)")
-    p.add_argument("--hidden", help="hidden widths of encoder and decoder, comma-separated (default 300,300)")
+    p.add_argument("--net", choices=NETS, help="encoder and decoder networks: mlp (--hidden) or conv (stride-2 convolutions, --channels) (default mlp)")
+    p.add_argument("--hidden", help="hidden widths of the MLPs, comma-separated (default 300,300)")
+    p.add_argument("--channels", help="channels of the stride-2 convolutions when --net conv, comma-separated (default 32,64)")
     p.add_argument("--beta", type=float, help="KL weight; beta != 1 gives a beta-VAE (default 1)")
     p.add_argument("--objective", choices=("elbo", "iwae"), help="training objective (default elbo)")
     p.add_argument("--k", type=int, help="samples per input in the training objective (default 1)")
     p.add_argument("--kl-warmup", type=int, metavar="STEPS", help="KL annealing: KL weight rises linearly from 0 to beta over STEPS (default 0: off)")
     p.add_argument("--free-bits", type=float, metavar="LAMBDA", help="free bits: KL cost per group is max(LAMBDA, batch-mean KL) (default 0: off)")
     p.add_argument("--free-bits-group", type=int, metavar="G", help="latent dimensions per free-bits group; 0 = all in one (default 1)")
-    p.add_argument("--prior", choices=("normal", "mog"), help="prior p(z): normal N(0, I) or mog, a learnable mixture (GMVAE) (default normal)")
+    p.add_argument("--prior", choices=PRIORS, help="prior p(z): normal N(0, I) or mog, a learnable mixture (GMVAE) (default normal)")
     p.add_argument("--components", type=int, help="mixture components when --prior mog (default 500)")
-    p.add_argument("--posterior", choices=("diagonal", "full"), help="q(z|x): diagonal or full covariance via a Cholesky factor (default diagonal)")
-    p.add_argument("--likelihood", choices=("bernoulli", "gaussian", "gaussian-learned"),
+    p.add_argument("--posterior", choices=tuple(POSTERIORS), help="q(z|x): diagonal or full covariance via a Cholesky factor (default diagonal)")
+    p.add_argument("--likelihood", choices=LIKELIHOODS,
                    help="p(x|z): bernoulli on binarized pixels, or gaussian (fixed variance) / gaussian-learned on pixels in [0, 1]")
     p.add_argument("--decoder-variance", type=float, help="variance of the gaussian likelihood (default 0.1)")
-    p.add_argument("--gen-weight", type=float, help="ssvae: weight of the unlabelled NELBO; 0 trains the classifier alone (default 1)")
-    p.add_argument("--class-weight", type=float, help="ssvae: weight of the labelled cross-entropy (default 100)")
+    p.add_argument("--gen-weight", type=float, help="model.gen_weight of models trained on a labelled subset: weight of the unlabelled bound; 0 trains the classifier alone (default 1)")
+    p.add_argument("--class-weight", type=float, help="model.class_weight of models trained on a labelled subset: weight of the labelled cross-entropy (default 100)")
     p.add_argument("--dataset", choices=("mnist", "fashion-mnist", "svhn"), help="training data (default mnist)")
     p.add_argument("--data-dir", help="data root holding mnist/ and fashion-mnist/ (default $VAELAB_DATA, else ~/.cache/vaelab)")
     p.add_argument("--device", help="cpu, cuda, cuda:N or auto (default auto)")
@@ -138,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Draw images from the prior (and reconstruct test images) as PNG grids.")
     p.add_argument("run_dir", type=Path, metavar="RUN_DIR")
     p.add_argument("--n", type=_positive_int, default=200,
-                   help="number of prior samples (default 200); conditional models draw n // 10 rows of z, one column per label")
+                   help="number of prior samples (default 200); models that generate given a label draw n // C rows, one column per label")
     p.add_argument("--ncol", type=_positive_int, default=20, help="images per grid row (default 20)")
     p.add_argument("--out", type=Path, help="PNG for prior samples (default RUN_DIR/samples.png)")
     p.add_argument("--mode", choices=("mean", "sample"), default="mean",
@@ -186,9 +192,8 @@ PLOT_KINDS = ("interpolation", "traversal", "latents", "kl", "curves")
 
 
 def cmd_train(args) -> int:
-    from .config import load_json
-    from .runs import CONFIG_FILE
-    from .train import train
+    from .training import load_json, train
+    from .training.runs import CONFIG_FILE
 
     if args.resume is not None:
         allowed = {"steps", "device"}
@@ -233,8 +238,8 @@ def _report_training(summary: dict, cfg, run_dir) -> int:
 
 def _load(args):
     from . import data as data_mod
-    from .runs import load_run
-    from .train import resolve_device
+    from .devices import resolve_device
+    from .training.runs import load_run
 
     device = resolve_device(args.device)
     model, cfg = load_run(args.run_dir, device)
@@ -243,8 +248,8 @@ def _load(args):
 
 
 def cmd_eval(args) -> int:
-    from .evaluate import evaluate
-    from .runs import atomic_write_text
+    from .evaluation import evaluate
+    from .training.runs import atomic_write_text
 
     model, cfg, _, load_test = _load(args)
     if args.protocol == "cs236" and cfg.data.dataset != "mnist":
@@ -258,8 +263,9 @@ def cmd_eval(args) -> int:
         print(json.dumps(result))
     else:
         print(f"{cfg.model.name} on {cfg.data.dataset}, protocol {args.protocol} ({result['images']} test images), nats:")
+        groups = {key[3:]: value for key, value in result.items() if key.startswith("kl_")}
         print(f"  NELBO {result['nelbo']:.2f}   KL {result['kl']:.2f}   Rec {result['rec']:.2f}"
-              + (f"   (KL_z {result['kl_z']:.2f}, KL_y {result['kl_y']:.2f})" if "kl_y" in result else "")
+              + (f"   ({', '.join(f'KL_{name} {value:.2f}' for name, value in groups.items())})" if len(groups) > 1 else "")
               + ("" if result["bound"] == "log p(x)" else "   [bounds on log p(x | y)]"))
         if "accuracy" in result:
             print(f"  accuracy {result['accuracy']:.4f} on {result['accuracy_images']} test images")
@@ -272,7 +278,7 @@ def cmd_eval(args) -> int:
 
 
 def cmd_sample(args) -> int:
-    from .viz import write_sample_grids
+    from .report.figures import write_sample_grids
 
     model, cfg, _, load_test = _load(args)
     written = write_sample_grids(model, cfg, None if args.no_recon else load_test(), args.out or args.run_dir / "samples.png",
@@ -284,39 +290,42 @@ def cmd_sample(args) -> int:
 
 
 def cmd_plot(args) -> int:
-    from . import evaluate, viz
-    from .runs import METRICS_FILE, read_jsonl
+    from . import evaluation
+    from .report import figures
+    from .training.runs import METRICS_FILE, read_jsonl
 
     out = args.out or args.run_dir / f"{args.kind}.png"
     if args.kind == "curves":
         if not (args.run_dir / METRICS_FILE).is_file():
             raise VaelabError(f"{args.run_dir}: no {METRICS_FILE}; not a vaelab run directory")
-        viz.training_curves({args.run_dir.name: read_jsonl(args.run_dir / METRICS_FILE)}, out)
+        figures.training_curves({args.run_dir.name: read_jsonl(args.run_dir / METRICS_FILE)}, out)
         print(f"wrote {out}")
         return 0
     model, cfg, device, load_test = _load(args)
-    x, y = evaluate.evaluation_set("full", load_test(), evaluate.is_binary(model))
-    labels = y if model.conditional else None
+    x, y = evaluation.evaluation_set("full", load_test(), model.binary_pixels)
     shape = tuple(cfg.model.image_shape)
     with torch.no_grad():
         if args.kind == "interpolation":
-            viz.save_grid(out, viz.interpolation(model, x, y=labels), 10, shape)
+            figures.save_grid(out, figures.interpolation(model, x, y=y), 10, shape)
         elif args.kind == "traversal":
-            viz.save_grid(out, viz.traversal(model, x, y=labels), 9, shape)
+            figures.save_grid(out, figures.traversal(model, x, y=y), 9, shape)
         elif args.kind == "latents":
-            viz.latent_scatter(model, x[: args.images], y[: args.images], out, title=f"{args.run_dir.name}: posterior means")
+            figures.latent_scatter(model, x[: args.images], y[: args.images], out, title=f"{args.run_dir.name}: posterior means")
         else:
-            try:
-                kl = viz.kl_per_dimension(model, x[: args.images], None if labels is None else labels[: args.images])
-            except ValueError as exc:
-                raise VaelabError(f"--kind kl: {exc} ({args.run_dir} has posterior {cfg.model.posterior}, prior {cfg.model.prior})") from None
-            viz.kl_bar_chart(kl, out, title=f"{args.run_dir.name}: KL per dimension, total {float(kl.sum()):.2f} nats")
+            kl = evaluation.kl_per_dimension(model, x[: args.images], y[: args.images])
+            if not kl:
+                raise VaelabError(f"--kind kl: KL per dimension needs a posterior and prior that factorise; {args.run_dir} has none "
+                                  f"(model {cfg.model.name})")
+            values = torch.cat(list(kl.values()))
+            names = ", ".join(f"{name} {float(v.sum()):.2f}" for name, v in kl.items()) if len(kl) > 1 else ""
+            figures.kl_bar_chart(values, out, title=f"{args.run_dir.name}: KL per dimension, total {float(values.sum()):.2f} nats"
+                                 + (f" ({names})" if names else ""))
     print(f"wrote {out}")
     return 0
 
 
 def cmd_reproduce(args) -> int:
-    from .reproduce import SUITES, reproduce
+    from .report.reproduce import SUITES, reproduce
 
     only = None
     if args.only:
@@ -334,7 +343,7 @@ def cmd_reproduce(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from .report import compare_runs
+    from .report.compare import compare_runs
 
     table = compare_runs(args.run_dirs, args.out)
     print(table)

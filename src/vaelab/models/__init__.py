@@ -1,23 +1,42 @@
-"""Model registry: adding a model is one file in this folder plus one entry here."""
+"""Model registry: adding a model is one file in this folder (a vaelab.models.base.Model subclass)
+plus one entry here, or a call to register_model from your own code."""
 
 from __future__ import annotations
 
-from torch import nn
-
 from ..errors import ConfigError
+from .base import Auxiliary, LatentGroup, Model, ModelConfig, ModelSpec, Terms
 from .cvae import ConditionalVAE
 from .ssvae import SSVAE
 from .vae import VAE
 
-MODELS: dict[str, type[nn.Module]] = {
+MODELS: dict[str, type[Model]] = {
     "vae": VAE,
     "cvae": ConditionalVAE,
     "ssvae": SSVAE,
 }
 
 
-def build_model(cfg) -> nn.Module:
-    """Build the model named by `cfg.name` (a ModelConfig) from its settings."""
-    if cfg.name not in MODELS:
-        raise ConfigError(f"model.name: unknown model {cfg.name!r} (choose from {', '.join(sorted(MODELS))})")
-    return MODELS[cfg.name].from_config(cfg)
+def register_model(name: str, cls: type[Model]) -> None:
+    """Make `cls` available as model.name = `name` (to presets, --set, the CLI and run directories)."""
+    if not (isinstance(cls, type) and issubclass(cls, Model)):
+        raise TypeError(f"{cls!r} is not a vaelab.models.base.Model subclass")
+    MODELS[name] = cls
+
+
+def model_class(name: str) -> type[Model]:
+    if name not in MODELS:
+        raise ConfigError(f"model.name: unknown model {name!r} (choose from {', '.join(sorted(MODELS))})")
+    return MODELS[name]
+
+
+def build_model(cfg: ModelConfig) -> Model:
+    """Build the model named by `cfg.name` from its settings (a ModelConfig of that model's Config class)."""
+    cls = model_class(cfg.name)
+    if not isinstance(cfg, cls.Config):
+        raise ConfigError(f"model.name: settings of type {type(cfg).__name__} given for model {cfg.name!r}, "
+                          f"which takes {cls.Config.__name__}")
+    return cls(cfg)
+
+
+__all__ = ["MODELS", "register_model", "model_class", "build_model", "Model", "ModelConfig", "ModelSpec", "Terms",
+           "LatentGroup", "Auxiliary"]

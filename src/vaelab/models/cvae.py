@@ -1,93 +1,90 @@
 """Conditional VAE (Sohn et al. 2015; the cs236 FSVAE), trained fully supervised.
 
-Generative story: z ~ N(0, I),  x | y, z ~ p(x | f_theta([z, onehot(y)]))  (Gaussian or Bernoulli).
-Inference:        q(z | x, y) = N(mu_phi([x, onehot(y)]), diag sigma^2_phi([x, onehot(y)])).
+Generative story: z ~ p(z),  x | y, z ~ p(x | f_theta([z, onehot(y)]))  (Gaussian or Bernoulli).
+Inference:        q(z | x, y) = N(mu_phi(x, y), Sigma_phi(x, y)).
 z carries style, y content: a grid with z fixed along rows and y along columns separates them.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 from torch.distributions import Distribution
 
-from ..likelihoods import build_likelihood
-from ..nets import mlp
-from ..objectives import Terms, kl_terms
-from ..posteriors import POSTERIORS
-from ..priors import build_prior
+from ..distributions import build_likelihood, build_posterior, build_prior, kl_terms
+from ..nets import build_decoder, build_encoder
+from .base import LatentGroup, Model, ModelSpec, Terms
+from .vae import VAEConfig, prior_posterior_checks
+
+
+@dataclass
+class CVAEConfig(VAEConfig):
+    classes: int = 10
+    """Number of labels y."""
 
 
 def one_hot(y: torch.Tensor, classes: int, like: torch.Tensor) -> torch.Tensor:
     return nn.functional.one_hot(y, classes).to(like.dtype)
 
 
-@torch.no_grad()
-def sample_with_labels(model: nn.Module, n: int, y: torch.Tensor | None = None) -> torch.Tensor:
-    """Mean images of a label-conditioned decoder for z ~ p(z) and labels y (default 0, 1, ..., C-1, 0, ...)."""
-    prior = model.prior()
-    y = torch.arange(n, device=prior.mean.device) % model.classes if y is None else y
-    return model.likelihood(prior.sample((n,)), y).mean
+def cycling_labels(n: int, classes: int, device) -> torch.Tensor:
+    """0, 1, ..., C-1, 0, 1, ...: the labels of prior samples when none are given."""
+    return torch.arange(n, device=device) % classes
 
 
-class ConditionalVAE(nn.Module):
-    """p(z) = N(0, I), p(x|y,z) from decoder([z, onehot(y)]); q(z|x,y) = N(mu([x, y]), diag sigma^2([x, y]))."""
+class ConditionalVAE(Model):
+    """p(z) = N(0, I) (or a mixture), p(x|y,z) from decoder([z, onehot(y)]); q(z|x,y) from encoder(x, onehot(y))."""
 
-    conditional = True
+    Config = CVAEConfig
+    spec = ModelSpec(labels="all", label_code="y")
 
-    def __init__(self, x_dim: int = 784, z_dim: int = 10, hidden: tuple[int, ...] = (300, 300), activation: str = "elu",
-                 classes: int = 10, likelihood: str = "gaussian", decoder_variance: float = 0.1, posterior: str = "diagonal",
-                 prior: str = "normal", prior_components: int = 500):
-        super().__init__()
-        self.x_dim, self.z_dim, self.classes = x_dim, z_dim, classes
-        self.posterior_family = POSTERIORS[posterior](z_dim)
-        self.encoder = mlp(x_dim + classes, hidden, self.posterior_family.n_params, activation)
-        self.decoder = mlp(z_dim + classes, hidden, x_dim, activation)
-        self.prior = build_prior(prior, z_dim, prior_components)
-        self.observation = build_likelihood(likelihood, x_dim, decoder_variance)
+    def __init__(self, cfg: CVAEConfig):
+        super().__init__(cfg)
+        self.posterior_family = build_posterior(cfg.posterior, cfg.z_dim)
+        self.encoder = build_encoder(cfg.net, cfg.image_shape, self.posterior_family.n_params, context_features=cfg.classes,
+                                     **cfg.net_options())
+        self.decoder = build_decoder(cfg.net, cfg.z_dim + cfg.classes, cfg.image_shape, **cfg.net_options())
+        self.prior = build_prior(cfg.prior, cfg.z_dim, cfg.prior_components)
+        self.observation = build_likelihood(cfg.likelihood, cfg.x_dim, cfg.decoder_variance)
 
     @classmethod
-    def from_config(cls, cfg) -> "ConditionalVAE":
-        return cls(x_dim=cfg.x_dim, z_dim=cfg.z_dim, hidden=tuple(cfg.hidden), activation=cfg.activation, classes=cfg.classes,
-                   likelihood=cfg.likelihood, decoder_variance=cfg.decoder_variance, posterior=cfg.posterior,
-                   prior=cfg.prior, prior_components=cfg.prior_components)
+    def settings_checks(cls, cfg: CVAEConfig, objective) -> list[tuple[bool, str, str]]:
+        return [*prior_posterior_checks(cfg, objective), (cfg.classes >= 2, "model.classes", "must be >= 2")]
 
     @property
     def elements_per_sample(self) -> int:
-        return max(self.x_dim, self.prior.elements_per_sample())
+        return max(self.decoder.activation_elements, self.prior.elements_per_sample())
 
     def posterior(self, x: torch.Tensor, y: torch.Tensor) -> Distribution:
         """q(z | x, y) for x (B, x_dim) and integer labels y (B,)."""
-        return self.posterior_family(self.encoder(torch.cat([x, one_hot(y, self.classes, x)], -1)))
+        return self.posterior_family(self.encoder(x, one_hot(y, self.classes, x)))
 
     def likelihood(self, z: torch.Tensor, y: torch.Tensor) -> Distribution:
         """p(x | y, z); y (B,) is broadcast against z's leading sample dimensions."""
         y_code = one_hot(y, self.classes, z).expand(*z.shape[:-1], self.classes)
         return self.observation(self.decoder(torch.cat([z, y_code], -1)))
 
-    def forward(self, x: torch.Tensor, k: int = 1, y: torch.Tensor | None = None) -> Terms:
-        """Per-sample terms of the conditional bound log p(x | y) >= E_q[log p(x|y,z) + log p(z) - log q(z|x,y)]."""
-        if y is None:
-            raise ValueError("the conditional VAE needs labels y")
+    def terms(self, batch: dict, k: int = 1) -> Terms:
+        """Terms of the conditional bound log p(x | y) >= E_q[log p(x|y,z) + log p(z) - log q(z|x,y)]."""
+        x, y = batch["x"], batch["y"]
         q = self.posterior(x, y)
         prior = self.prior()
         z = q.rsample((k,))
         kl, kl_dims = kl_terms(q, prior)
-        return Terms(log_px_z=self.likelihood(z, y).log_prob(x), log_pz=lambda: prior.log_prob(z), log_qz=lambda: q.log_prob(z),
-                     kl=kl, kl_dims=kl_dims)
-
-    def sample(self, n: int, y: torch.Tensor | None = None) -> torch.Tensor:
-        """Mean images for z ~ p(z) and labels y (default 0, 1, ..., 9, 0, 1, ...); (n, x_dim)."""
-        return sample_with_labels(self, n, y)
+        return Terms(self.likelihood(z, y).log_prob(x),
+                     {"z": LatentGroup(lambda: prior.log_prob(z), lambda: q.log_prob(z), kl, kl_dims)})
 
     @torch.no_grad()
-    def style_content(self, rows: int) -> torch.Tensor:
-        """Row r uses one z draw for every label; column c is label c. (rows * classes, x_dim)."""
-        device = self.prior().mean.device
-        z = self.prior().sample((rows,)).repeat_interleave(self.classes, 0)
-        y = torch.arange(self.classes, device=device).repeat(rows)
-        return self.likelihood(z, y).mean
+    def encode(self, batch: dict) -> dict[str, torch.Tensor]:
+        return {"z": self.posterior(batch["x"], batch["y"]).mean, "y": batch["y"]}
 
     @torch.no_grad()
-    def reconstruct(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return self.likelihood(self.posterior(x, y).mean, y).mean
+    def decode(self, codes: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.likelihood(codes["z"], codes["y"]).mean
+
+    @torch.no_grad()
+    def sample_codes(self, n: int) -> dict[str, torch.Tensor]:
+        z = self.prior().sample((n,))
+        return {"z": z, "y": cycling_labels(n, self.classes, z.device)}

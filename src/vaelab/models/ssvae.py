@@ -1,115 +1,121 @@
 """Semi-supervised VAE, M2 of Kingma et al. (2014), as in the cs236 SSVAE.
 
-Generative story: y ~ Cat(1/C),  z ~ N(0, I),  x | y, z ~ Bernoulli(sigmoid(f_theta([z, onehot(y)]))).
-Inference:        q(y | x) = Cat(softmax(g_phi(x))),  q(z | x, y) = N(mu_phi([x, y]), diag sigma^2_phi([x, y])).
-Unlabelled inputs marginalise y by enumerating all C labels in one batched pass; labelled inputs
-train the classifier q(y|x) by cross-entropy.
+Generative story: y ~ Cat(1/C),  z ~ p(z),  x | y, z ~ p(x | f_theta([z, onehot(y)])).
+Inference:        q(y | x) = Cat(softmax(g_phi(x))),  q(z | x, y) = N(mu_phi(x, y), Sigma_phi(x, y)).
+y is enumerated, not sampled: each of the k draws of z is taken under every label y, and the C points
+of a draw carry mass q(y | x). The ELBO is then M2's exact-in-y bound
+    sum_y q(y|x) [log p(x|y,z) - KL(q(z|x,y) || p(z))] - KL(q(y|x) || p(y)),
+whose gradient reaches the classifier q(y|x), and the IWAE bound the stratified estimator
+log (1/k) sum_i sum_y q(y|x) p(x, y, z_iy) / (q(y|x) q(z_iy|x,y)). The labelled images of a batch
+train the classifier by cross-entropy (an auxiliary loss with weight class_weight).
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
-from torch import nn
-from torch.distributions import Categorical, Distribution
+from torch.distributions import Distribution
 
-from ..likelihoods import build_likelihood
-from ..nets import full_precision, mlp
-from ..objectives import EnumeratedTerms, Terms, kl_terms
-from ..posteriors import DiagonalGaussian
-from ..priors import StandardNormalPrior
-from .cvae import one_hot, sample_with_labels
+from ..distributions import build_likelihood, build_posterior, build_prior, full_precision, kl_terms
+from ..nets import build_decoder, build_encoder
+from .base import Auxiliary, LatentGroup, Model, ModelSpec, Terms
+from .cvae import CVAEConfig, cycling_labels, one_hot
+from .vae import prior_posterior_checks
 
 
-class SSVAE(nn.Module):
-    """p(y) = 1/C, p(z) = N(0, I), p(x|y,z) = Bernoulli(decoder([z, y])); q(y|x) = classifier(x),
-    q(z|x,y) = N(mu([x, y]), diag sigma^2([x, y]))."""
+@dataclass
+class SSVAEConfig(CVAEConfig):
+    gen_weight: float = 1.0
+    """Weight of the unlabelled bound in the loss (0 trains the classifier alone)."""
+    class_weight: float = 100.0
+    """Weight of the labelled cross-entropy of q(y|x)."""
 
-    conditional = False
-    semi_supervised = True
 
-    def __init__(self, x_dim: int = 784, z_dim: int = 64, hidden: tuple[int, ...] = (300, 300), activation: str = "elu",
-                 classes: int = 10, likelihood: str = "bernoulli", decoder_variance: float = 0.1):
-        super().__init__()
-        self.x_dim, self.z_dim, self.classes = x_dim, z_dim, classes
-        self.posterior_family = DiagonalGaussian(z_dim)
-        self.encoder = mlp(x_dim + classes, hidden, self.posterior_family.n_params, activation)
-        self.decoder = mlp(z_dim + classes, hidden, x_dim, activation)
-        self.classifier = mlp(x_dim, hidden, classes, "relu")  # the reference classifier uses ReLU
-        self.prior = StandardNormalPrior(z_dim)
-        self.observation = build_likelihood(likelihood, x_dim, decoder_variance)
+class SSVAE(Model):
+    """p(y) = 1/C, p(z) = N(0, I) (or a mixture), p(x|y,z) from decoder([z, onehot(y)]);
+    q(y|x) = classifier(x), q(z|x,y) from encoder(x, onehot(y))."""
+
+    Config = SSVAEConfig
+    spec = ModelSpec(labels="subset", label_code="y", classifier=True)
+
+    def __init__(self, cfg: SSVAEConfig):
+        super().__init__(cfg)
+        self.posterior_family = build_posterior(cfg.posterior, cfg.z_dim)
+        self.encoder = build_encoder(cfg.net, cfg.image_shape, self.posterior_family.n_params, context_features=cfg.classes,
+                                     **cfg.net_options())
+        self.decoder = build_decoder(cfg.net, cfg.z_dim + cfg.classes, cfg.image_shape, **cfg.net_options())
+        # The reference classifier uses ReLU whatever the other networks use.
+        self.classifier = build_encoder(cfg.net, cfg.image_shape, cfg.classes, **{**cfg.net_options(), "activation": "relu"})
+        self.prior = build_prior(cfg.prior, cfg.z_dim, cfg.prior_components)
+        self.observation = build_likelihood(cfg.likelihood, cfg.x_dim, cfg.decoder_variance)
 
     @classmethod
-    def from_config(cls, cfg) -> "SSVAE":
-        return cls(x_dim=cfg.x_dim, z_dim=cfg.z_dim, hidden=tuple(cfg.hidden), activation=cfg.activation, classes=cfg.classes,
-                   likelihood=cfg.likelihood, decoder_variance=cfg.decoder_variance)
+    def settings_checks(cls, cfg: SSVAEConfig, objective) -> list[tuple[bool, str, str]]:
+        return [*prior_posterior_checks(cfg, objective), (cfg.classes >= 2, "model.classes", "must be >= 2"),
+                (cfg.gen_weight >= 0, "model.gen_weight", "must be >= 0"), (cfg.class_weight >= 0, "model.class_weight", "must be >= 0")]
 
     @property
     def elements_per_sample(self) -> int:
-        return self.x_dim
+        # One draw is C points, one per label.
+        return self.classes * max(self.decoder.activation_elements, self.prior.elements_per_sample())
 
-    def classify(self, x: torch.Tensor) -> torch.Tensor:
+    @property
+    def trains_every_parameter(self) -> bool:
+        return self.config.gen_weight > 0  # with gen_weight 0 only the classifier learns
+
+    def classify(self, batch: dict) -> torch.Tensor:
         """Logits of q(y | x), (B, C)."""
-        return full_precision(self.classifier(x))
+        return full_precision(self.classifier(batch["x"]))
 
-    def posterior(self, x: torch.Tensor, y: torch.Tensor | None = None) -> Distribution:
-        """q(z | x, y); without y, q(z | x, y = argmax q(y|x)) (used for latent statistics)."""
-        if y is None:
-            y = self.classify(x).argmax(-1)
-        code = one_hot(y, self.classes, x).expand(*x.shape[:-1], self.classes)
-        return self.posterior_family(self.encoder(torch.cat([x, code], -1)))
+    def posterior(self, x: torch.Tensor, y: torch.Tensor) -> Distribution:
+        """q(z | x, y); x (B, D) broadcasts against labels y of shape (..., B)."""
+        return self.posterior_family(self.encoder(x, one_hot(y, self.classes, x)))
 
     def likelihood(self, z: torch.Tensor, y: torch.Tensor) -> Distribution:
         code = one_hot(y, self.classes, z).expand(*z.shape[:-1], self.classes)
         return self.observation(self.decoder(torch.cat([z, code], -1)))
 
-    def log_py(self, device) -> torch.Tensor:
-        return torch.full((self.classes,), -math.log(self.classes), device=device)
-
-    def enumerate_labels(self, x: torch.Tensor, k: int = 1) -> EnumeratedTerms:
-        """Terms for every label y at once: x is expanded to (C, B, x_dim), no Python loop over labels."""
-        c, b = self.classes, x.shape[0]
-        y = torch.arange(c, device=x.device).unsqueeze(1).expand(c, b)  # (C, B)
-        xs = x.unsqueeze(0).expand(c, b, self.x_dim)
-        q = self.posterior(xs, y)
-        prior = self.prior()
-        z = q.rsample((k,))  # (k, C, B, z)
-        kl_z, _ = kl_terms(q, prior)
-        return EnumeratedTerms(
-            log_px_yz=self.likelihood(z, y).log_prob(xs),
-            log_pz=prior.log_prob(z),
-            log_qz=q.log_prob(z),
-            kl_z=kl_z,
-            log_qy=torch.log_softmax(self.classify(x), -1),
-            log_py=self.log_py(x.device),
-        )
-
-    def forward(self, x: torch.Tensor, k: int = 1, y: torch.Tensor | None = None) -> Terms:
-        """Per-sample terms of a bound on log p(x) (or log p(x, y) when y is given), each (k, B).
-
-        Without y, (y_i, z_i) ~ q(y|x) q(z|x,y) are sampled jointly, so log w_i = log p(x, y_i, z_i)
-        - log q(y_i, z_i | x) and the IWAE bound is valid for the marginal p(x)."""
-        prior = self.prior()
-        log_py = -math.log(self.classes)
-        if y is None:
-            qy = Categorical(logits=self.classify(x), validate_args=False)
-            y_k = qy.sample((k,))  # (k, B)
-            q = self.posterior(x.unsqueeze(0).expand(k, *x.shape), y_k)
-            z = q.rsample()
-            return Terms(log_px_z=self.likelihood(z, y_k).log_prob(x), log_pz=prior.log_prob(z) + log_py,
-                         log_qz=q.log_prob(z) + qy.log_prob(y_k))
-        q = self.posterior(x, y)
-        z = q.rsample((k,))
-        kl, kl_dims = kl_terms(q, prior)
-        return Terms(log_px_z=self.likelihood(z, y).log_prob(x), log_pz=prior.log_prob(z) + log_py, log_qz=q.log_prob(z),
-                     kl=None if kl is None else kl - log_py, kl_dims=None)
-
-    def sample(self, n: int, y: torch.Tensor | None = None) -> torch.Tensor:
-        """Mean images for z ~ p(z) and labels y (default 0, 1, ..., 9, 0, 1, ...); (n, x_dim)."""
-        return sample_with_labels(self, n, y)
+    def terms(self, batch: dict, k: int = 1) -> Terms:
+        """Points (draw i, label y) in draw-major order, P = k * C; groups "z" and "y"."""
+        # With gen_weight 0 the bound is only logged: no graph is built for it.
+        with torch.set_grad_enabled(self.config.gen_weight > 0 and torch.is_grad_enabled()):
+            x = batch["x"]
+            c, b = self.classes, x.shape[0]
+            log_qy = torch.log_softmax(self.classify(batch), -1).T  # (C, B)
+            qy = log_qy.exp()
+            y = torch.arange(c, device=x.device).unsqueeze(1).expand(c, b)
+            q = self.posterior(x, y)  # batch shape (C, B)
+            prior = self.prior()
+            z = q.rsample((k,))  # (k, C, B, z_dim)
+            log_px = self.likelihood(z, y).log_prob(x).reshape(k * c, b)
+            kl_z, kl_z_dims = kl_terms(q, prior)
+            log_py = -math.log(c)
+            log_mass = log_qy.expand(k, c, b).reshape(k * c, b)
+            groups = {
+                "z": LatentGroup(lambda: prior.log_prob(z).reshape(k * c, b), lambda: q.log_prob(z).reshape(k * c, b),
+                                 None if kl_z is None else (qy * kl_z).sum(0),
+                                 None if kl_z_dims is None else (qy.unsqueeze(-1) * kl_z_dims).sum(0)),
+                "y": LatentGroup(torch.full_like(log_mass, log_py), log_mass, (qy * (log_qy - log_py)).sum(0)),
+            }
+        aux = {}
+        if "x_labelled" in batch:
+            logits = self.classify({"x": batch["x_labelled"]})
+            aux["ce"] = Auxiliary(torch.nn.functional.cross_entropy(logits, batch["y_labelled"]), self.config.class_weight)
+        return Terms(log_px, groups, draws=k, aux_losses=aux, log_mass=log_mass, bound_weight=self.config.gen_weight)
 
     @torch.no_grad()
-    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.classify(x).argmax(-1)
-        return self.likelihood(self.posterior(x, y).mean, y).mean
+    def encode(self, batch: dict) -> dict[str, torch.Tensor]:
+        """z's posterior mean under the most probable label, and that label."""
+        y = self.classify(batch).argmax(-1)
+        return {"z": self.posterior(batch["x"], y).mean, "y": y}
+
+    @torch.no_grad()
+    def decode(self, codes: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.likelihood(codes["z"], codes["y"]).mean
+
+    @torch.no_grad()
+    def sample_codes(self, n: int) -> dict[str, torch.Tensor]:
+        z = self.prior().sample((n,))
+        return {"z": z, "y": cycling_labels(n, self.classes, z.device)}

@@ -1,7 +1,7 @@
 """VAE (Kingma & Welling 2014). Its variants are settings, not classes: the prior (N(0, I) or a
 learnable mixture: GMVAE), the posterior family (diagonal or full covariance), the likelihood
-(Bernoulli, or Gaussian for continuous pixels), and, in the objective, beta, KL annealing, free
-bits and IWAE.
+(Bernoulli, or Gaussian for continuous pixels), the networks (MLP or convolutional), and, in the
+objective, beta, KL annealing, free bits and IWAE.
 
 Generative story: z ~ p(z),  x | z ~ p(x | f_theta(z))  (Bernoulli on logits, or Gaussian).
 Inference:        q(z | x) = N(mu_phi(x), Sigma_phi(x)), Sigma diagonal or L L^T.
@@ -9,44 +9,60 @@ Inference:        q(z | x) = N(mu_phi(x), Sigma_phi(x)), Sigma diagonal or L L^T
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
-from torch import nn
 from torch.distributions import Distribution
 
-from ..likelihoods import build_likelihood
-from ..nets import mlp
-from ..objectives import Terms, kl_terms
-from ..posteriors import POSTERIORS
-from ..priors import build_prior
+from ..distributions import POSTERIORS, PRIORS, build_likelihood, build_posterior, build_prior, kl_terms
+from ..nets import build_decoder, build_encoder
+from .base import LatentGroup, Model, ModelConfig, ModelSpec, Terms
 
 
-class VAE(nn.Module):
+@dataclass
+class VAEConfig(ModelConfig):
+    prior: str = "normal"
+    """p(z): normal (N(0, I)) or mog (learnable mixture of Gaussians, uniform weights: GMVAE)."""
+    prior_components: int = 500
+    """Mixture components K when prior = mog (the reference uses 500)."""
+    posterior: str = "diagonal"
+    """q(z|x): diagonal (N(mu, diag sigma^2)) or full (N(mu, L L^T), Cholesky factor L)."""
+
+
+def prior_posterior_checks(cfg: VAEConfig, objective) -> list[tuple[bool, str, str]]:
+    """Checks of the prior and posterior settings, shared by the models that have them."""
+    return [
+        (cfg.prior in PRIORS, "model.prior", f"must be one of {', '.join(PRIORS)}"),
+        (cfg.prior_components >= 1, "model.prior_components", "must be >= 1"),
+        (cfg.posterior in POSTERIORS, "model.posterior", f"must be one of {', '.join(POSTERIORS)}"),
+        # Free bits per group of dimensions needs the KL per dimension, i.e. q and p that both factorise.
+        (objective.free_bits == 0 or objective.free_bits_group == 0 or (cfg.posterior == "diagonal" and cfg.prior == "normal"),
+         "objective.free_bits_group", "must be 0 (one group) unless the posterior is diagonal and the prior normal (per-dimension KL)"),
+    ]
+
+
+class VAE(Model):
     """p(z) = N(0, I) or (1/K) sum_k N(m_k, diag v_k); p(x|z) = Bernoulli(logits = decoder(z)) or
     N(decoder(z), v); q(z|x) = N(mu(x), diag sigma^2(x)) or N(mu(x), L(x) L(x)^T)."""
 
-    conditional = False
+    Config = VAEConfig
+    spec = ModelSpec()
 
-    def __init__(self, x_dim: int = 784, z_dim: int = 10, hidden: tuple[int, ...] = (300, 300), activation: str = "elu",
-                 prior: str = "normal", prior_components: int = 500, posterior: str = "diagonal",
-                 likelihood: str = "bernoulli", decoder_variance: float = 0.1):
-        super().__init__()
-        self.x_dim, self.z_dim = x_dim, z_dim
-        self.posterior_family = POSTERIORS[posterior](z_dim)
-        self.encoder = mlp(x_dim, hidden, self.posterior_family.n_params, activation)
-        self.decoder = mlp(z_dim, hidden, x_dim, activation)
-        self.prior = build_prior(prior, z_dim, prior_components)
-        self.observation = build_likelihood(likelihood, x_dim, decoder_variance)
+    def __init__(self, cfg: VAEConfig):
+        super().__init__(cfg)
+        self.posterior_family = build_posterior(cfg.posterior, cfg.z_dim)
+        self.encoder = build_encoder(cfg.net, cfg.image_shape, self.posterior_family.n_params, **cfg.net_options())
+        self.decoder = build_decoder(cfg.net, cfg.z_dim, cfg.image_shape, **cfg.net_options())
+        self.prior = build_prior(cfg.prior, cfg.z_dim, cfg.prior_components)
+        self.observation = build_likelihood(cfg.likelihood, cfg.x_dim, cfg.decoder_variance)
 
     @classmethod
-    def from_config(cls, cfg) -> "VAE":
-        return cls(x_dim=cfg.x_dim, z_dim=cfg.z_dim, hidden=tuple(cfg.hidden), activation=cfg.activation,
-                   prior=cfg.prior, prior_components=cfg.prior_components, posterior=cfg.posterior,
-                   likelihood=cfg.likelihood, decoder_variance=cfg.decoder_variance)
+    def settings_checks(cls, cfg: VAEConfig, objective) -> list[tuple[bool, str, str]]:
+        return prior_posterior_checks(cfg, objective)
 
     @property
     def elements_per_sample(self) -> int:
-        """Largest per-sample intermediate (decoder output or mixture prior), used to size eval chunks."""
-        return max(self.x_dim, self.prior.elements_per_sample())
+        return max(self.decoder.activation_elements, self.prior.elements_per_sample())
 
     def posterior(self, x: torch.Tensor) -> Distribution:
         """q(z | x) for a batch x of shape (B, x_dim)."""
@@ -56,22 +72,23 @@ class VAE(nn.Module):
         """p(x | z) with batch shape z.shape[:-1] and event shape (x_dim,)."""
         return self.observation(self.decoder(z))
 
-    def forward(self, x: torch.Tensor, k: int = 1, y: torch.Tensor | None = None) -> Terms:
-        """Per-sample terms for k reparameterised samples z_i ~ q(z|x); each (k, B). `y` is ignored."""
+    def terms(self, batch: dict, k: int = 1) -> Terms:
+        """k reparameterised draws z_i ~ q(z|x); one latent group "z"."""
+        x = batch["x"]
         q = self.posterior(x)
         prior = self.prior()
         z = q.rsample((k,))
         kl, kl_dims = kl_terms(q, prior)
-        return Terms(log_px_z=self.likelihood(z).log_prob(x), log_pz=lambda: prior.log_prob(z), log_qz=lambda: q.log_prob(z),
-                     kl=kl, kl_dims=kl_dims)
+        return Terms(self.likelihood(z).log_prob(x), {"z": LatentGroup(lambda: prior.log_prob(z), lambda: q.log_prob(z), kl, kl_dims)})
 
     @torch.no_grad()
-    def sample(self, n: int) -> torch.Tensor:
-        """Mean images E[x | z] for n draws z ~ p(z); (n, x_dim)."""
-        z = self.prior().sample((n,))
-        return self.likelihood(z).mean
+    def encode(self, batch: dict) -> dict[str, torch.Tensor]:
+        return {"z": self.posterior(batch["x"]).mean}
 
     @torch.no_grad()
-    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
-        """Decoder means at the posterior mean, E[x | z = mu(x)]; (B, x_dim)."""
-        return self.likelihood(self.posterior(x).mean).mean
+    def decode(self, codes: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.likelihood(codes["z"]).mean
+
+    @torch.no_grad()
+    def sample_codes(self, n: int) -> dict[str, torch.Tensor]:
+        return {"z": self.prior().sample((n,))}

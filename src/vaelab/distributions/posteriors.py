@@ -7,10 +7,7 @@ import torch
 from torch import nn
 from torch.distributions import Distribution, Independent, MultivariateNormal, Normal, register_kl
 
-from .nets import full_precision
-
-# The reference's variance floor: var = softplus(pre) + 1e-8.
-VARIANCE_FLOOR = 1e-8
+from .common import VARIANCE_FLOOR, full_precision
 
 
 class DiagonalGaussian(nn.Module):
@@ -56,6 +53,13 @@ class FullCovarianceGaussian(nn.Module):
 
 
 POSTERIORS = {"diagonal": DiagonalGaussian, "full": FullCovarianceGaussian}
+
+
+def build_posterior(name: str, z_dim: int) -> nn.Module:
+    """The posterior family named by a model's `posterior` setting: diagonal or full."""
+    if name not in POSTERIORS:
+        raise ValueError(f"unknown posterior {name!r}")
+    return POSTERIORS[name](z_dim)
 
 
 @register_kl(MultivariateNormal, Independent)

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.distributions import Categorical, Distribution, Independent, MixtureSameFamily, Normal
 
-from .posteriors import VARIANCE_FLOOR
+from .common import VARIANCE_FLOOR
 
 
 class StandardNormalPrior(nn.Module):

@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import DataError
-from .formats import read_idx, read_svhn_mat, write_idx  # noqa: F401  (re-exported)
+from ..errors import DataError
+from .formats import read_idx, read_svhn_mat
 
 @dataclass(frozen=True)
 class DatasetSpec:

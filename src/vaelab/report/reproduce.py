@@ -18,13 +18,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import data as data_mod
-from .config import load_preset, set_key
-from .errors import ConfigError
-from .evaluate import evaluate
-from .runs import METRICS_FILE, SUMMARY_FILE, atomic_write_text, load_run, read_jsonl
-from .train import resolve_device, train
-from .viz import training_curves, write_sample_grids
+from .. import data as data_mod
+from ..devices import resolve_device
+from ..errors import ConfigError
+from ..evaluation import evaluate
+from ..training import load_preset, set_key, train
+from ..training.runs import METRICS_FILE, SUMMARY_FILE, atomic_write_text, load_run, read_jsonl
+from .figures import training_curves, write_sample_grids
 
 
 @dataclass
@@ -40,6 +40,7 @@ class Experiment:
     reference: dict = field(default_factory=dict)
     # the metrics of the report's summary table
     headline: tuple = ("nelbo", "niwae_1000")
+    samples_caption: str = "samples (decoder means)"
 
 
 WRITEUP_ONE = "write-up (one run)"
@@ -56,12 +57,13 @@ CS236 = (
         "nelbo": {WRITEUP_ONE: 98.30, OFFICIAL: 97.22}, "kl": {WRITEUP_ONE: 17.77}, "rec": {WRITEUP_ONE: 80.53},
         "niwae_1": {WRITEUP_ONE: 98.32, OFFICIAL: 97.22}, "niwae_10": {WRITEUP_ONE: 96.00, OFFICIAL: 94.74},
         "niwae_100": {WRITEUP_ONE: 95.24, OFFICIAL: 93.8}, "niwae_1000": {WRITEUP_ONE: 94.83, OFFICIAL: 93.38}}),
-    Experiment("ssvae_gen0", "SSVAE, classifier only (gen_weight 0)", "ssvae", {"objective.gen_weight": 0}, iws=(),
+    Experiment("ssvae_gen0", "SSVAE, classifier only (gen_weight 0)", "ssvae", {"model.gen_weight": 0}, iws=(),
                quick_steps=600, reference={"accuracy": {WRITEUP_ONE: 0.7339, OFFICIAL: 0.735}}, headline=("accuracy",)),
     Experiment("ssvae", "SSVAE (M2, gen_weight 1, class_weight 100)", "ssvae", iws=(), quick_steps=300,
                reference={"accuracy": {WRITEUP_ONE: 0.9380, OFFICIAL: 0.9340}}, headline=("accuracy", "nelbo")),
     Experiment("cvae", "Conditional VAE on MNIST (Gaussian decoder, variance 0.1)", "cvae",
-               iws=(1, 10, 100), quick_steps=1000, headline=("nelbo", "niwae_100")),
+               iws=(1, 10, 100), quick_steps=1000, headline=("nelbo", "niwae_100"),
+               samples_caption="style/content: rows are z draws, columns labels 0-9"),
 )
 SUITES = {"cs236": CS236}
 TIMING_FILE = "reproduce.json"
@@ -88,8 +90,9 @@ def run_experiment(exp: Experiment, seed: int, out: Path, data_dir, device: str,
         cfg.train.checkpoint_every = max(1, steps // 2)
         cfg.train.log_every = max(1, min(cfg.train.log_every, steps // 20))
     train(cfg, run_dir, progress=progress)
-    model, cfg = load_run(run_dir, resolve_device(device))
-    test = data_mod.load(cfg.data.dataset, "test", cfg.data.data_dir, model.prior().mean.device, cfg.data.download)
+    device = resolve_device(device)
+    model, cfg = load_run(run_dir, device)
+    test = data_mod.load(cfg.data.dataset, "test", cfg.data.data_dir, device, cfg.data.download)
     result = evaluate(model, test, exp.protocol, exp.iws, seed=0)
     result = {"run": str(run_dir), "model": cfg.model.name, "dataset": cfg.data.dataset, **result}
     write_sample_grids(model, cfg, test, run_dir / "samples.png", run_dir / "reconstructions.png")
@@ -164,7 +167,7 @@ def write_report(suite: str, out: Path, experiments, results: dict, quick: bool 
                                      f"{statistics.median(train_s):.0f} s"])
         first = run_dirs[0]
         images = []
-        for kind, caption in (("samples", "samples (decoder means)" if exp.name != "cvae" else "style/content: rows are z draws, columns labels 0-9"),
+        for kind, caption in (("samples", exp.samples_caption),
                               ("reconstructions", "reconstructions (odd rows inputs, even rows reconstructions)"), ("curves", "training curves")):
             target = figures / f"{exp.name}-{kind}.png"
             shutil.copyfile(first / f"{kind}.png", target)

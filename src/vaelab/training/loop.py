@@ -7,54 +7,21 @@ indices and draws a fresh Bernoulli binarization there. No per-item Python runs 
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import time
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
-from . import data as data_mod
-from . import distributed, objectives, runs
+from .. import data as data_mod
+from .. import objectives
+from ..devices import check_compile_toolchain, resolve_device
+from ..errors import RunDirError, TrainingDiverged
+from ..distributions import BINARY_LIKELIHOODS
+from ..models import build_model, model_class
+from . import distributed, runs
+from .batches import Batches
 from .config import RunConfig, save_json, validate
-from .errors import ConfigError, RunDirError, TrainingDiverged
-from .models import MODELS, build_model
-
-
-def resolve_device(name: str) -> torch.device:
-    """'auto' -> cuda when available, else cpu. An unavailable device is a ConfigError."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"--device: unknown device {name!r} (use cpu, cuda, cuda:N or auto)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"--device: {name} requested but CUDA is not available on this machine")
-    if device.type not in ("cpu", "cuda", "mps"):
-        raise ConfigError(f"--device: unsupported device {name!r} (use cpu, cuda, cuda:N or auto)")
-    return device
-
-
-class IndexSampler:
-    """Shuffled mini-batches of indices, a fresh permutation each epoch (the last partial batch of an
-    epoch is dropped, as with DataLoader(drop_last=True)). Indices live on the data's device."""
-
-    def __init__(self, n: int, batch_size: int, device: torch.device):
-        if batch_size > n:
-            raise ConfigError(f"train.batch_size: {batch_size} is larger than the dataset ({n} images)")
-        self.n, self.batch_size, self.device = n, batch_size, device
-        self.order = torch.randperm(n, device=device)
-        self.pos = 0
-
-    def next(self) -> torch.Tensor:
-        if self.pos + self.batch_size > self.n:
-            self.order = torch.randperm(self.n, device=self.device)
-            self.pos = 0
-        batch = self.order[self.pos : self.pos + self.batch_size]
-        self.pos += self.batch_size
-        return batch
 
 
 def make_optimizer(model: torch.nn.Module, lr: float, device: torch.device) -> torch.optim.Adam:
@@ -62,14 +29,6 @@ def make_optimizer(model: torch.nn.Module, lr: float, device: torch.device) -> t
     instead of a dozen foreach ops; on the reference VAE it is most of the difference between
     vaelab and a plain loop (docs/performance.md)."""
     return torch.optim.Adam(model.parameters(), lr=lr, fused=device.type in ("cpu", "cuda"))
-
-
-def check_compile_toolchain(device: torch.device, option: str = "--compile") -> None:
-    """torch.compile builds C++ kernels for the CPU: without a compiler it fails deep inside inductor
-    at the first step, so a missing one is a one-line ConfigError before anything runs."""
-    candidates = (os.environ.get("CXX", ""), "c++", "g++", "clang++")
-    if device.type == "cpu" and not any(shutil.which(c) for c in candidates if c):
-        raise ConfigError(f"{option}: torch.compile on the CPU needs a C++ compiler (g++, clang++ or $CXX) on PATH; none was found")
 
 
 def gradients_finite(parameters: list[torch.Tensor]) -> torch.Tensor:
@@ -86,66 +45,15 @@ def prepare_run_dir(run_dir: Path) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
 
 
-class Batches:
-    """Draws each step's batch by index from tensors on the device.
-
-    x is a fresh Bernoulli binarization of the pixels for a Bernoulli likelihood, the pixels themselves
-    otherwise; y are the labels. For semi-supervised models every batch also carries the whole
-    labelled subset (x_labelled, y_labelled), binarized afresh, as the cs236 reference does; the
-    unlabelled batch is drawn from the whole training set."""
-
-    def __init__(self, train_set: data_mod.ImageSet, cfg: RunConfig, semi_supervised: bool, device: torch.device):
-        self.train_set = train_set
-        self.binary = cfg.model.likelihood == "bernoulli"
-        self.sampler = IndexSampler(len(train_set), cfg.train.batch_size, device)
-        self.labelled = labelled_indices(train_set, cfg).to(device) if semi_supervised else None
-
-    def x(self, index: torch.Tensor) -> torch.Tensor:
-        if self.binary:
-            return data_mod.binarize_batch(self.train_set.images[index])
-        return self.train_set.pixels(index)
-
-    def next(self) -> dict:
-        index = self.sampler.next()
-        batch = {"x": self.x(index), "y": self.train_set.labels[index]}
-        if self.labelled is not None:
-            batch["x_labelled"] = self.x(self.labelled)
-            batch["y_labelled"] = self.train_set.labels[self.labelled]
-        return batch
-
-
-def labelled_indices(train_set: data_mod.ImageSet, cfg: RunConfig) -> torch.Tensor:
-    """The labelled subset: the cs236 positions, or labels_per_class random images of each class
-    (drawn with a generator of their own seeded by train.seed, so the choice depends on nothing else)."""
-    if cfg.data.labelled == "cs236":
-        return data_mod.subset_indices(train_set.labels, data_mod.CS236_TRAIN_LABELLED_POSITIONS)
-    labels = train_set.labels.cpu()
-    generator = torch.Generator().manual_seed(cfg.train.seed)
-    picked = []
-    for c in range(cfg.model.classes):
-        of_class = torch.nonzero(labels == c).flatten()
-        if len(of_class) < cfg.data.labels_per_class:
-            raise ConfigError(f"data.labels_per_class: class {c} has only {len(of_class)} training images")
-        picked.append(of_class[torch.randperm(len(of_class), generator=generator)[: cfg.data.labels_per_class]])
-    return torch.cat(picked)
-
-
 def training_loss(model: torch.nn.Module, batch: dict, cfg: RunConfig, beta: float) -> objectives.LossOutput:
-    """The objective of the run's model for one batch."""
-    if getattr(model, "semi_supervised", False):
-        gen_weight = cfg.objective.gen_weight
-        # With gen_weight 0 the NELBO is only logged: no graph is built for it.
-        with torch.set_grad_enabled(gen_weight > 0 and torch.is_grad_enabled()):
-            unlabelled = model.enumerate_labels(batch["x"], cfg.objective.k)
-        return objectives.ssvae_loss(unlabelled, model.classify(batch["x_labelled"]), batch["y_labelled"],
-                                     gen_weight, cfg.objective.class_weight)
-    terms = model(batch["x"], cfg.objective.k, y=batch["y"] if model.conditional else None)
+    """The run's objective for one batch: the model's terms, turned into a loss by vaelab.objectives."""
+    terms = model(batch, cfg.objective.k)
     return objectives.loss(terms, cfg.objective.kind, beta, cfg.objective.free_bits, cfg.objective.free_bits_group)
 
 
 class TensorBoard:
     """TensorBoard event files beside metrics.jsonl: the logged scalars, and a grid of samples from
-    the model at every checkpoint (a style/content grid for conditional models)."""
+    the model at every checkpoint (one column per label for models that generate given a label)."""
 
     def __init__(self, folder: Path, model: torch.nn.Module, cfg: RunConfig, purge_step: int | None = None):
         from torch.utils.tensorboard import SummaryWriter
@@ -161,18 +69,16 @@ class TensorBoard:
 
     @torch.no_grad()
     def samples(self, step: int) -> None:
-        from .viz import image_grid
-
         was_training = self.model.training
         self.model.eval()
         device = next(self.model.parameters()).device
         # Forked RNG: drawing these samples must not change the training run's random stream.
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(0)  # the same z at every checkpoint, so the grids show training progress
-            images = self.model.style_content(6) if self.model.conditional else self.model.sample(60)
+            images = self.model.label_grid(6) if self.model.spec.label_code else self.model.sample(60).view(6, 10, -1)
         self.model.train(was_training)
-        ncol = self.cfg.model.classes if self.model.conditional else 10
-        grid = image_grid(images.clamp(0, 1), ncol, tuple(self.cfg.model.image_shape), pad_value=0.5)
+        ncol = images.shape[1]
+        grid = data_mod.image_grid(images.clamp(0, 1), ncol, tuple(self.cfg.model.image_shape), pad_value=0.5)
         self.writer.add_image("samples", grid, step, dataformats="HWC" if grid.ndim == 3 else "HW")
         self.writer.flush()
 
@@ -225,13 +131,14 @@ def train(cfg: RunConfig, run_dir: str | Path, progress: bool = True, resume: bo
 def _train(cfg: RunConfig, run_dir: Path, progress: bool, resume: bool, ctx: distributed.Context) -> dict:
     device, main = ctx.device, ctx.is_main
     origin = runs.provenance()  # before any step: the commit of the code this process runs
-    semi_supervised = getattr(MODELS.get(cfg.model.name), "semi_supervised", False)
     distributed.check_divisible(ctx, cfg.train.batch_size)
     # Everything that can fail on user input happens before the run directory is created.
     train_set = data_mod.load(cfg.data.dataset, "train", cfg.data.data_dir, device, cfg.data.download)
     cfg.model.x_dim, cfg.model.image_shape = train_set.x_dim, train_set.image_shape
+    validate(cfg)  # again: the image shape is the dataset's now (conv nets need sides that halve)
     torch.manual_seed(cfg.train.seed)
-    batches = Batches(train_set, cfg, semi_supervised, device)
+    binary = cfg.model.likelihood in BINARY_LIKELIHOODS
+    batches = Batches(train_set, cfg, model_class(cfg.model.name).spec.labels, binary, device)
     if batches.labelled is not None:
         distributed.check_divisible(ctx, len(batches.labelled), "the labelled subset")
     if cfg.train.threads:
@@ -243,7 +150,7 @@ def _train(cfg: RunConfig, run_dir: Path, progress: bool, resume: bool, ctx: dis
     # Mixed precision: the networks run in bfloat16, densities in float32 (nets.full_precision).
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.train.precision == "bf16")
     objective = distributed.wrap(model, lambda m, batch, beta: training_loss(m, batch, cfg, beta), ctx,
-                                 find_unused=semi_supervised and cfg.objective.gen_weight == 0)
+                                 find_unused=not model.trains_every_parameter)
     names, sums, since_log, done, elapsed_before, skipped, bad_in_row = None, None, 0, 0, 0.0, 0, 0
     if resume:
         done, names, sums, since_log, elapsed_before, skipped = _restore(run_dir, model, optimizer, batches, device)

@@ -6,33 +6,32 @@ import csv
 import json
 from pathlib import Path
 
-from .errors import RunDirError
-from .runs import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, read_jsonl
-from .viz import training_curves
+from ..errors import RunDirError, VaelabError
+from ..training.config import RunConfig, migrate_legacy
+from ..training.runs import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, read_jsonl
+from .figures import training_curves
 
 EVAL_KEYS = ("nelbo", "kl", "rec", "niwae_1", "niwae_10", "niwae_100", "niwae_1000", "niwae_5000", "accuracy", "active_units")
 
 
 def describe(cfg: dict) -> str:
-    """A short description of a run's settings, e.g. 'vae, prior mog (K=500), diagonal, ELBO'."""
+    """A short description of a run's settings: the model, then every model and objective setting that
+    differs from that model's defaults, e.g. 'vae, prior mog, ELBO, z=10, mnist'."""
     m, o = cfg["model"], cfg["objective"]
     parts = [m["name"]]
-    if m.get("prior", "normal") != "normal":
-        parts.append(f"prior {m['prior']} (K={m['prior_components']})")
-    if m.get("posterior", "diagonal") != "diagonal":
-        parts.append(f"{m['posterior']} posterior")
-    if m.get("likelihood", "bernoulli") != "bernoulli":
-        parts.append(f"{m['likelihood']} likelihood")
-    if m["name"] == "ssvae":
-        parts.append(f"gen_weight {o.get('gen_weight', 1)}")
-    else:
-        parts.append(f"IWAE k={o['k']}" if o["kind"] == "iwae" else "ELBO")
-    if o.get("beta", 1) != 1:
-        parts.append(f"beta {o['beta']}")
-    if o.get("kl_warmup_steps", 0):
-        parts.append(f"KL warm-up {o['kl_warmup_steps']}")
-    if o.get("free_bits", 0):
-        parts.append(f"free bits {o['free_bits']}")
+    try:
+        resolved = RunConfig.from_dict(migrate_legacy(cfg), source="config.json")
+        defaults = RunConfig.from_dict({"model": {"name": m["name"]}})
+    except VaelabError:
+        resolved = defaults = None
+    if resolved is not None:
+        for key, value in vars(resolved.model).items():
+            if key not in ("name", "x_dim", "image_shape", "z_dim") and value != getattr(defaults.model, key):
+                parts.append(f"{key} {','.join(map(str, value)) if isinstance(value, tuple) else value}")
+        for key in ("beta", "kl_warmup_steps", "free_bits", "free_bits_group"):
+            if getattr(resolved.objective, key) != getattr(defaults.objective, key):
+                parts.append(f"{key} {getattr(resolved.objective, key)}")
+    parts.append(f"IWAE k={o['k']}" if o["kind"] == "iwae" else "ELBO")
     parts.append(f"z={m['z_dim']}, {cfg['data']['dataset']}")
     return ", ".join(parts)
 

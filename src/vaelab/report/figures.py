@@ -1,8 +1,8 @@
-"""Figures: image grids of prior samples, style/content grids and reconstructions, written as PNG with matplotlib."""
+"""Figures of any model, through the model contract: prior samples, label grids (one column per label),
+reconstructions, interpolations, traversals, latent scatters, KL per dimension and training curves, as PNG."""
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import matplotlib
@@ -12,22 +12,9 @@ import matplotlib.image  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-
-def image_grid(images: torch.Tensor | np.ndarray, ncol: int, image_shape=(28, 28), pad: int = 2, pad_value: float = 1.0) -> np.ndarray:
-    """Tile N images, flat (N, prod(image_shape)) or shaped, with values in [0, 1] into one array:
-    (rows*H', ncol*W') for grey images of shape (H, W), (rows*H', ncol*W', 3) for (3, H, W) colour ones."""
-    images = images.detach().float().cpu().numpy() if torch.is_tensor(images) else np.asarray(images, dtype=np.float32)
-    images = images.reshape(-1, *image_shape)
-    if images.ndim == 4:  # (N, C, H, W) -> (N, H, W, C)
-        images = images.transpose(0, 2, 3, 1)
-    n, h, w = images.shape[:3]
-    nrow = math.ceil(n / ncol)
-    grid = np.full((nrow * (h + pad) + pad, ncol * (w + pad) + pad, *images.shape[3:]), pad_value, dtype=np.float32)
-    for i in range(n):
-        r, c = divmod(i, ncol)
-        top, left = pad + r * (h + pad), pad + c * (w + pad)
-        grid[top : top + h, left : left + w] = images[i]
-    return grid
+from ..data import image_grid  # noqa: E402
+from ..errors import VaelabError  # noqa: E402
+from ..evaluation import continuous_codes, evaluation_set, model_batch, posterior_means  # noqa: E402
 
 
 def save_grid(path: str | Path, images, ncol: int, image_shape=(28, 28)) -> Path:
@@ -43,23 +30,23 @@ def save_grid(path: str | Path, images, ncol: int, image_shape=(28, 28)) -> Path
 
 
 def prior_samples(model, n: int, seed: int = 0, mode: str = "mean") -> torch.Tensor:
-    """n images from the model: decoder means sigmoid(f(z)) for z ~ p(z), or a Bernoulli draw of them."""
+    """n images from the model: decoder means for codes drawn from the prior, or a Bernoulli draw of them."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         probs = model.sample(n)
         return torch.bernoulli(probs) if mode == "sample" else probs
 
 
-def style_content(model, rows: int, seed: int = 0) -> torch.Tensor:
-    """A conditional model's style/content grid: row r holds one z draw decoded under every label."""
+def label_grid(model, rows: int, seed: int = 0) -> torch.Tensor:
+    """A label-conditioned model's grid (rows, C, D): row r holds one draw of the other codes decoded under every label."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return model.style_content(rows)
+        return model.label_grid(rows)
 
 
-def reconstruction_pairs(model, x: torch.Tensor, ncol: int, y: torch.Tensor | None = None) -> torch.Tensor:
-    """Rows alternate: ncol inputs, then their reconstructions E[x | z = mu(x)] (given y for conditional models)."""
-    recon = model.reconstruct(x) if y is None else model.reconstruct(x, y)
+def reconstruction_pairs(model, batch: dict, ncol: int) -> torch.Tensor:
+    """Rows alternate: ncol inputs, then their reconstructions E[x | codes = encode(x)]."""
+    x, recon = batch["x"], model.reconstruct(batch)
     rows = []
     for i in range(0, x.shape[0], ncol):
         rows += [x[i : i + ncol], recon[i : i + ncol]]
@@ -68,25 +55,23 @@ def reconstruction_pairs(model, x: torch.Tensor, ncol: int, y: torch.Tensor | No
 
 def write_sample_grids(model, cfg, test, out, recon_out, n: int = 200, ncol: int = 20, seed: int = 0,
                        mode: str = "mean", recon_n: int = 60) -> list[Path]:
-    """The sample grid (a style/content grid for conditional models) and, when `test` is given, the
-    reconstruction grid of a run's model. Returns the paths written."""
-    from .errors import VaelabError
-    from .evaluate import evaluation_set, is_binary
-
+    """The sample grid (one column per label for models that generate given a label) and, when `test`
+    is given, the reconstruction grid of a run's model. Returns the paths written."""
     shape = tuple(cfg.model.image_shape)
     if int(np.prod(shape)) != cfg.model.x_dim:
         raise VaelabError(f"model.image_shape {shape} does not match model.x_dim {cfg.model.x_dim} in config.json")
-    if model.conditional:
-        save_grid(out, style_content(model, max(1, n // cfg.model.classes), seed), cfg.model.classes, shape)
+    if model.spec.label_code is not None:
+        grid = label_grid(model, max(1, n // model.classes), seed)
+        save_grid(out, grid.flatten(0, 1), grid.shape[1], shape)
     else:
         save_grid(out, prior_samples(model, n, seed, mode), ncol, shape)
     written = [Path(out)]
     if test is not None:
-        x, y = evaluation_set("cs236" if cfg.data.dataset == "mnist" else "full", test, is_binary(model))
+        x, y = evaluation_set("cs236" if cfg.data.dataset == "mnist" else "full", test, model.binary_pixels)
         x, y = x[:recon_n], y[:recon_n]
         ncol = min(ncol, x.shape[0])
         with torch.no_grad():
-            save_grid(recon_out, reconstruction_pairs(model, x, ncol, y if model.conditional else None), ncol, shape)
+            save_grid(recon_out, reconstruction_pairs(model, model_batch(model, x, y), ncol), ncol, shape)
         written.append(Path(recon_out))
     return written
 
@@ -94,41 +79,42 @@ def write_sample_grids(model, cfg, test, out, recon_out, n: int = 200, ncol: int
 # --- Latent-space figures (vaelab plot) ---
 
 
-@torch.no_grad()
-def _posterior_means(model, x: torch.Tensor, y: torch.Tensor | None = None, batch: int = 1000) -> torch.Tensor:
-    chunks = []
-    for i in range(0, x.shape[0], batch):
-        q = model.posterior(x[i : i + batch]) if y is None else model.posterior(x[i : i + batch], y[i : i + batch])
-        chunks.append(q.mean)
-    return torch.cat(chunks)
-
-
-def _decode(model, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-    return model.likelihood(z).mean if y is None else model.likelihood(z, y).mean
+def _continuous(codes: dict) -> str:
+    """The name of the one continuous latent group that interpolations and traversals vary."""
+    names = list(continuous_codes(codes))
+    if len(names) != 1:
+        raise VaelabError(f"this figure varies one continuous latent group; the model has {len(names)} ({', '.join(names)})")
+    return names[0]
 
 
 @torch.no_grad()
 def interpolation(model, x: torch.Tensor, pairs: int = 8, steps: int = 10, y: torch.Tensor | None = None) -> torch.Tensor:
-    """Decoded straight lines between the posterior means of images (2i, 2i+1): (pairs * steps, x_dim).
-    Conditional models keep the first image's label along each line."""
-    means = _posterior_means(model, x[: 2 * pairs], None if y is None else y[: 2 * pairs])
+    """Decoded straight lines between the posterior means of images (2i, 2i+1): (pairs * steps, D).
+    Other codes (a label) keep the first image's value along each line."""
+    codes = model.encode(model_batch(model, x[: 2 * pairs], None if y is None else y[: 2 * pairs]))
+    name = _continuous(codes)
+    means = codes[name]
     t = torch.linspace(0, 1, steps, device=means.device).view(1, steps, 1)
-    z = means[0::2].unsqueeze(1) * (1 - t) + means[1::2].unsqueeze(1) * t  # (pairs, steps, z)
-    labels = None if y is None else y[: 2 * pairs : 2].repeat_interleave(steps)
-    return _decode(model, z.reshape(-1, z.shape[-1]), labels)
+    line = means[0::2].unsqueeze(1) * (1 - t) + means[1::2].unsqueeze(1) * t  # (pairs, steps, d)
+    path = {key: value[0::2].repeat_interleave(steps, 0) for key, value in codes.items() if key != name}
+    path[name] = line.reshape(-1, line.shape[-1])
+    return model.decode(path)
 
 
 @torch.no_grad()
 def traversal(model, x: torch.Tensor, span: float = 3.0, steps: int = 9, y: torch.Tensor | None = None) -> torch.Tensor:
     """Row j varies latent dimension j over [-span, span] with the others at the posterior mean of x[0]:
-    (z_dim * steps, x_dim). Shows what each dimension encodes (disentanglement in beta-VAEs)."""
-    base = _posterior_means(model, x[:1], None if y is None else y[:1])[0]
-    z_dim = base.shape[0]
+    (d * steps, D). Shows what each dimension encodes (disentanglement in beta-VAEs)."""
+    codes = model.encode(model_batch(model, x[:1], None if y is None else y[:1]))
+    name = _continuous(codes)
+    base = codes[name][0]
+    d = base.shape[0]
     values = torch.linspace(-span, span, steps, device=base.device)
-    z = base.repeat(z_dim, steps, 1)  # (z_dim, steps, z_dim)
-    z[torch.arange(z_dim), :, torch.arange(z_dim)] = values
-    labels = None if y is None else y[:1].expand(z_dim * steps)
-    return _decode(model, z.reshape(-1, z_dim), labels)
+    z = base.repeat(d, steps, 1)  # (d, steps, d)
+    z[torch.arange(d), :, torch.arange(d)] = values
+    path = {key: value.expand(d * steps, *value.shape[1:]) for key, value in codes.items() if key != name}
+    path[name] = z.reshape(-1, d)
+    return model.decode(path)
 
 
 def pca_2d(points: torch.Tensor) -> torch.Tensor:
@@ -141,10 +127,11 @@ def pca_2d(points: torch.Tensor) -> torch.Tensor:
 
 
 def latent_scatter(model, x: torch.Tensor, labels: torch.Tensor, path, title: str = "") -> Path:
-    """Scatter of posterior means coloured by label: directly for 2-D latents, else a PCA projection."""
+    """Scatter of posterior means coloured by label: directly for 2-D latents, else a PCA projection
+    (of all continuous latent groups side by side)."""
     import matplotlib.pyplot as plt
 
-    means = _posterior_means(model, x, labels if getattr(model, "conditional", False) else None).cpu()
+    means = torch.cat(list(posterior_means(model, x, labels if model.spec.labels == "all" else None).values()), -1).cpu()
     xy = pca_2d(means).numpy()
     fig, ax = plt.subplots(figsize=(6, 5.5))
     sc = ax.scatter(xy[:, 0], xy[:, 1], c=labels.cpu().numpy(), cmap="tab10", s=3, alpha=0.7, vmin=-0.5, vmax=9.5)
@@ -152,19 +139,6 @@ def latent_scatter(model, x: torch.Tensor, labels: torch.Tensor, path, title: st
     kind = "z" if means.shape[1] <= 2 else f"PCA of {means.shape[1]}-d posterior means"
     ax.set(xlabel=f"{kind} 1" if means.shape[1] > 2 else "z1", ylabel=f"{kind} 2" if means.shape[1] > 2 else "z2", title=title)
     return _save(fig, path)
-
-
-@torch.no_grad()
-def kl_per_dimension(model, x: torch.Tensor, y: torch.Tensor | None = None, batch: int = 1000) -> torch.Tensor:
-    """Mean analytic KL(q(z_j|x) || p(z_j)) per latent dimension over the images x, (z_dim,)."""
-    total = None
-    for i in range(0, x.shape[0], batch):
-        terms = model(x[i : i + batch], 1, y=None if y is None else y[i : i + batch])
-        if terms.kl_dims is None:
-            raise ValueError("KL per dimension needs a diagonal posterior and a factorised prior")
-        part = terms.kl_dims.sum(0)
-        total = part if total is None else total + part
-    return total / x.shape[0]
 
 
 def kl_bar_chart(kl: torch.Tensor, path, title: str = "", threshold: float = 0.01) -> Path:

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import sys
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import ConfigError
+from ..distributions import LIKELIHOODS
+from ..errors import ConfigError
+from ..models import MODELS, ModelConfig, model_class
+from ..nets import ACTIVATIONS, NETS, check_shape
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -22,35 +26,6 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 PRESET_DIR = Path(__file__).parent / "presets"
-
-
-@dataclass
-class ModelConfig:
-    name: str = "vae"
-    """Registry key of the generative story (see vaelab.models.MODELS)."""
-    x_dim: int = 784
-    """Flattened input size; set from the dataset at training time."""
-    image_shape: tuple[int, ...] = (28, 28)
-    """Shape of one image, (H, W) or (C, H, W); set from the dataset at training time (for figures)."""
-    z_dim: int = 10
-    """Latent dimensionality."""
-    hidden: tuple[int, ...] = (300, 300)
-    """Hidden layer widths of encoder and decoder MLPs ("v1": 300, 300)."""
-    activation: str = "elu"
-    """Hidden activation: elu, relu or tanh."""
-    prior: str = "normal"
-    """p(z): normal (N(0, I)) or mog (learnable mixture of Gaussians, uniform weights: GMVAE)."""
-    prior_components: int = 500
-    """Mixture components K when prior = mog (the reference uses 500)."""
-    posterior: str = "diagonal"
-    """q(z|x): diagonal (N(mu, diag sigma^2)) or full (N(mu, L L^T), Cholesky factor L)."""
-    likelihood: str = "bernoulli"
-    """p(x|z): bernoulli (binarized data), gaussian (fixed variance), gaussian-learned (learned per-pixel
-    variance); the Gaussian ones train and evaluate on continuous pixels in [0, 1], not binarized."""
-    decoder_variance: float = 0.1
-    """Variance of the gaussian likelihood (the reference FSVAE uses 0.1); initial value for gaussian-learned."""
-    classes: int = 10
-    """Number of labels y for the conditional (cvae) and semi-supervised (ssvae) models."""
 
 
 @dataclass
@@ -66,11 +41,8 @@ class ObjectiveConfig:
     free_bits: float = 0.0
     """Free bits lambda, nats per group: the KL cost of a group is max(lambda, batch-mean KL) (0: off)."""
     free_bits_group: int = 1
-    """Latent dimensions per free-bits group (1: per dimension; 0: one group of all dimensions)."""
-    gen_weight: float = 1.0
-    """ssvae: weight of the unlabelled NELBO (0 trains the classifier alone)."""
-    class_weight: float = 100.0
-    """ssvae: weight of the labelled cross-entropy."""
+    """Latent dimensions per free-bits block within each latent group (1: per dimension; 0: each latent
+    group is one block)."""
 
 
 @dataclass
@@ -82,9 +54,10 @@ class DataConfig:
     download: bool = True
     """Download missing files from the canonical mirrors (checksums verified)."""
     labelled: str = "cs236"
-    """ssvae labelled subset: cs236 (the reference's 10 positions per digit; MNIST only) or random."""
+    """Labelled subset of models trained on one (ssvae): cs236 (the reference's 10 positions per digit;
+    MNIST only) or random."""
     labels_per_class: int = 10
-    """ssvae: labelled images per class when labelled = random."""
+    """Labelled images per class when labelled = random."""
 
 
 @dataclass
@@ -119,9 +92,14 @@ class TrainConfig:
     losses and Adam stay in float32."""
 
 
+def _default_model_config() -> ModelConfig:
+    return model_class("vae").Config()
+
+
 @dataclass
 class RunConfig:
-    model: ModelConfig = field(default_factory=ModelConfig)
+    model: ModelConfig = field(default_factory=_default_model_config)
+    """The model's settings: an instance of its own Config class (ModelConfig plus its settings)."""
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -177,11 +155,20 @@ def _coerce(value, tp, key: str):
 
 
 def set_key(cfg: RunConfig, key: str, value) -> None:
-    """Set a dotted key such as `train.steps`, checking that it exists and converting its type."""
+    """Set a dotted key such as `train.steps`, checking that it exists and converting its type.
+
+    `model.name` switches the model section to that model's Config class, keeping the shared settings;
+    a setting of another model (`model.prior` for a model without a prior) is refused by name."""
     parts = key.split(".")
+    if parts == ["model", "name"]:
+        _switch_model(cfg, _coerce(value, str, key))
+        return
     obj = cfg
     for i, part in enumerate(parts):
         if not dataclasses.is_dataclass(obj) or part not in {f.name for f in dataclasses.fields(obj)}:
+            if i == 1 and parts[0] == "model" and len(parts) == 2 and any(part in _field_names(m.Config) for m in MODELS.values()):
+                raise ConfigError(f"{key}: not a setting of model {cfg.model.name!r} (its settings: "
+                                  f"{', '.join(sorted(_field_names(type(cfg.model)) - {'name', 'x_dim', 'image_shape'}))})")
             known = ", ".join(sorted(_all_keys(cfg)))
             raise ConfigError(f"unknown setting {key!r} (known: {known})")
         if i == len(parts) - 1:
@@ -192,27 +179,41 @@ def set_key(cfg: RunConfig, key: str, value) -> None:
             obj = getattr(obj, part)
 
 
-def _all_keys(obj, prefix: str = "") -> list[str]:
-    keys = []
-    for f in dataclasses.fields(obj):
-        value = getattr(obj, f.name)
-        if dataclasses.is_dataclass(value):
-            keys += _all_keys(value, prefix + f.name + ".")
-        else:
-            keys.append(prefix + f.name)
-    return keys
+def _field_names(cls) -> set[str]:
+    return {f.name for f in dataclasses.fields(cls)}
+
+
+def _switch_model(cfg: RunConfig, name: str) -> None:
+    """Make cfg.model the Config of model `name`, carrying over every setting both classes have; a
+    setting the new model lacks may only be carried over at its default value."""
+    new_cls = model_class(name).Config
+    old = cfg.model
+    if type(old) is new_cls:
+        old.name = name
+        return
+    shared = _field_names(new_cls) & _field_names(type(old))
+    defaults = type(old)()
+    for f in dataclasses.fields(old):
+        if f.name not in shared and getattr(old, f.name) != getattr(defaults, f.name):
+            raise ConfigError(f"model.{f.name}: not a setting of model {name!r} (set model.name before model settings)")
+    cfg.model = new_cls(**{field: getattr(old, field) for field in shared if field != "name"}, name=name)
 
 
 def apply_dict(cfg: RunConfig, d: dict, source: str) -> None:
-    """Apply a nested dict (from a preset or config.json); unknown keys are errors naming `source`."""
+    """Apply a nested dict (from a preset or config.json); unknown keys are errors naming `source`.
+    model.name is applied first, since it decides which model settings exist."""
+    if not isinstance(d, dict):
+        raise ConfigError(f"{source}: expected sections of settings, got {type(d).__name__}")
     for section, values in d.items():
         if not isinstance(values, dict):
             raise ConfigError(f"{source}: {section!r} must be a section of settings")
-        for key, value in values.items():
-            try:
-                set_key(cfg, f"{section}.{key}", value)
-            except ConfigError as exc:
-                raise ConfigError(f"{source}: {exc}") from None
+    items = [(section, key, value) for section, values in d.items() for key, value in values.items()]
+    items.sort(key=lambda item: (item[0], item[1]) != ("model", "name"))
+    for section, key, value in items:
+        try:
+            set_key(cfg, f"{section}.{key}", value)
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: {exc}") from None
 
 
 def parse_override(text: str) -> tuple[str, str]:
@@ -243,36 +244,47 @@ def load_preset(name_or_path: str) -> RunConfig:
 
 
 def validate(cfg: RunConfig) -> None:
-    """Refuse out-of-range settings, naming the setting."""
+    """Refuse out-of-range settings and settings the model does not support, naming the setting."""
+    m, o = cfg.model, cfg.objective
+    cls = model_class(m.name)
+    spec = cls.spec
+    defaults = ObjectiveConfig()
     checks = [
-        (cfg.model.z_dim >= 1, "model.z_dim", "must be >= 1"),
-        (cfg.model.x_dim >= 1, "model.x_dim", "must be >= 1"),
-        (all(h >= 1 for h in cfg.model.hidden), "model.hidden", "widths must be >= 1"),
-        (cfg.model.activation in ("elu", "relu", "tanh"), "model.activation", "must be elu, relu or tanh"),
-        (cfg.objective.kind in ("elbo", "iwae"), "objective.kind", "must be elbo or iwae"),
-        (cfg.objective.k >= 1, "objective.k", "must be >= 1"),
-        (cfg.objective.beta >= 0, "objective.beta", "must be >= 0"),
-        (cfg.model.prior in ("normal", "mog"), "model.prior", "must be normal or mog"),
-        (cfg.model.prior_components >= 1, "model.prior_components", "must be >= 1"),
-        (cfg.model.posterior in ("diagonal", "full"), "model.posterior", "must be diagonal or full"),
-        (cfg.model.likelihood in ("bernoulli", "gaussian", "gaussian-learned"), "model.likelihood",
-         "must be bernoulli, gaussian or gaussian-learned"),
-        (cfg.model.decoder_variance > 0, "model.decoder_variance", "must be > 0"),
-        (cfg.model.classes >= 2, "model.classes", "must be >= 2"),
-        (cfg.objective.gen_weight >= 0, "objective.gen_weight", "must be >= 0"),
-        (cfg.objective.class_weight >= 0, "objective.class_weight", "must be >= 0"),
+        (isinstance(m, cls.Config), "model.name", f"settings of type {type(m).__name__} do not belong to this model"),
+        (m.z_dim >= 1, "model.z_dim", "must be >= 1"),
+        (m.x_dim >= 1, "model.x_dim", "must be >= 1"),
+        (len(m.image_shape) in (1, 2, 3) and all(s >= 1 for s in m.image_shape) and math.prod(m.image_shape) == m.x_dim,
+         "model.image_shape", f"must be (D,), (H, W) or (C, H, W) with as many entries as model.x_dim = {m.x_dim}"),
+        (m.net in NETS, "model.net", f"must be one of {', '.join(NETS)}"),
+        (m.net in spec.nets, "model.net", f"model {m.name!r} supports {', '.join(spec.nets)}"),
+        (all(h >= 1 for h in m.hidden), "model.hidden", "widths must be >= 1"),
+        (m.net == "mlp" or tuple(m.hidden) == _model_default(m, "hidden"), "model.hidden", "applies to net = mlp only; with net = conv set model.channels"),
+        (len(m.channels) >= 1 and all(c >= 1 for c in m.channels), "model.channels", "must be one or more widths >= 1"),
+        (m.net == "conv" or tuple(m.channels) == _model_default(m, "channels"), "model.channels", "applies to net = conv only; with net = mlp set model.hidden"),
+        (m.net != "conv" or _conv_shape_ok(m), "model.net", f"conv needs images (H, W) or (C, H, W) whose sides divide by "
+                                                             f"2^{len(m.channels)} (model.channels has {len(m.channels)} entries)"),
+        (m.activation in ACTIVATIONS, "model.activation", f"must be one of {', '.join(ACTIVATIONS)}"),
+        (m.likelihood in LIKELIHOODS, "model.likelihood", f"must be one of {', '.join(LIKELIHOODS)}"),
+        (m.likelihood in spec.likelihoods, "model.likelihood", f"model {m.name!r} supports {', '.join(spec.likelihoods)}"),
+        (m.decoder_variance > 0, "model.decoder_variance", "must be > 0"),
+        (o.kind in ("elbo", "iwae"), "objective.kind", "must be elbo or iwae"),
+        (o.kind in spec.objectives, "objective.kind", f"model {m.name!r} supports {', '.join(spec.objectives)}"),
+        (o.k >= 1, "objective.k", "must be >= 1"),
+        (o.beta >= 0, "objective.beta", "must be >= 0"),
+        (o.kl_warmup_steps >= 0, "objective.kl_warmup_steps", "must be >= 0"),
+        (o.free_bits >= 0, "objective.free_bits", "must be >= 0"),
+        (o.free_bits_group >= 0, "objective.free_bits_group", "must be >= 0"),
+        (o.free_bits == 0 or o.kind == "elbo", "objective.free_bits", "applies to the elbo objective only"),
+        *[(getattr(o, f.name) == getattr(defaults, f.name) or f.name in spec.objective_settings, f"objective.{f.name}",
+           f"not supported by model {m.name!r}") for f in dataclasses.fields(o) if f.name != "kind"],
         (cfg.data.dataset in ("mnist", "fashion-mnist", "svhn"), "data.dataset", "must be mnist, fashion-mnist or svhn"),
         (cfg.data.labelled in ("cs236", "random"), "data.labelled", "must be cs236 or random"),
-        (cfg.data.labelled != "cs236" or cfg.data.dataset == "mnist" or cfg.model.name != "ssvae", "data.labelled",
+        (spec.labels == "subset" or (cfg.data.labelled, cfg.data.labels_per_class) == (DataConfig.labelled, DataConfig.labels_per_class),
+         "data.labelled", f"applies to models trained on a labelled subset; {m.name!r} is not"),
+        (cfg.data.labelled != "cs236" or cfg.data.dataset == "mnist" or spec.labels != "subset", "data.labelled",
          "cs236 positions exist for mnist only; use random"),
         (cfg.data.labels_per_class >= 1, "data.labels_per_class", "must be >= 1"),
-        (cfg.objective.kl_warmup_steps >= 0, "objective.kl_warmup_steps", "must be >= 0"),
-        (cfg.objective.free_bits >= 0, "objective.free_bits", "must be >= 0"),
-        (cfg.objective.free_bits_group >= 0, "objective.free_bits_group", "must be >= 0"),
-        (cfg.objective.free_bits == 0 or cfg.objective.kind == "elbo", "objective.free_bits", "applies to the elbo objective only"),
-        (cfg.objective.free_bits == 0 or cfg.objective.free_bits_group == 0
-         or (cfg.model.posterior == "diagonal" and cfg.model.prior == "normal"), "objective.free_bits_group",
-         "must be 0 (one group) unless the posterior is diagonal and the prior normal (per-dimension KL)"),
+        *cls.settings_checks(m, o),
         (cfg.train.steps >= 1, "train.steps", "must be >= 1"),
         (cfg.train.batch_size >= 1, "train.batch_size", "must be >= 1"),
         (cfg.train.lr > 0, "train.lr", "must be > 0"),
@@ -284,17 +296,24 @@ def validate(cfg: RunConfig) -> None:
         (cfg.train.max_nonfinite_steps >= 1, "train.max_nonfinite_steps", "must be >= 1"),
         (cfg.train.threads >= 0, "train.threads", "must be >= 0"),
         (cfg.train.precision in ("fp32", "bf16"), "train.precision", "must be fp32 or bf16"),
-        (cfg.model.name in _model_names(), "model.name", f"must be one of {', '.join(_model_names())}"),
     ]
     for ok, key, why in checks:
         if not ok:
             raise ConfigError(f"{key}: {why} (got {_get(cfg, key)!r})")
 
 
-def _model_names() -> list[str]:
-    from .models import MODELS
+def _model_default(m: ModelConfig, name: str):
+    return tuple(getattr(type(m)(), name))
 
-    return sorted(MODELS)
+
+def _conv_shape_ok(m: ModelConfig) -> bool:
+    if len(m.image_shape) < 2:
+        return False
+    try:
+        check_shape(tuple(m.image_shape), tuple(m.channels))
+    except ValueError:
+        return False
+    return True
 
 
 def _get(cfg, key: str):
@@ -315,4 +334,34 @@ def load_json(path: Path) -> RunConfig:
         raise ConfigError(f"{path}: not found") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: not valid JSON ({exc})") from None
-    return RunConfig.from_dict(data, source=str(path))
+    return RunConfig.from_dict(migrate_legacy(data), source=str(path))
+
+
+# Before per-model settings (issue 13) every model section held these keys, at these defaults when the
+# model had no use for them, and M2's weights were objective settings.
+_LEGACY_MODEL_DEFAULTS = {"classes": 10, "prior": "normal", "prior_components": 500, "posterior": "diagonal"}
+_LEGACY_MOVED = {"gen_weight": 1.0, "class_weight": 100.0}
+
+
+def migrate_legacy(data):
+    """A config.json written before per-model settings, in today's layout: settings the model has no
+    longer are dropped where they hold the old default (they carried no information), M2's weights
+    move from objective to model; anything else is left for the checks to refuse."""
+    if not isinstance(data, dict) or not isinstance(data.get("model"), dict) or not isinstance(data.get("objective"), dict):
+        return data
+    model, objective = dict(data["model"]), dict(data["objective"])
+    name = model.get("name", "vae")
+    if name not in MODELS:
+        return data
+    fields = _field_names(MODELS[name].Config)
+    for key, default in _LEGACY_MODEL_DEFAULTS.items():
+        if key in model and key not in fields and model[key] == default:
+            del model[key]
+    for key, default in _LEGACY_MOVED.items():
+        if key in objective:
+            value = objective.pop(key)
+            if key in fields:
+                model.setdefault(key, value)
+            elif value != default:
+                objective[key] = value  # refused by the checks, naming it
+    return {**data, "model": model, "objective": objective}

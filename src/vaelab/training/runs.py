@@ -26,8 +26,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from . import config as config_mod
-from .errors import RunDirError
-from .models import build_model
+from ..errors import ConfigError, RunDirError
+from ..models import build_model
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -136,6 +136,10 @@ def load_run(run_dir: str | os.PathLike, device="cpu") -> tuple[torch.nn.Module,
     if not (run_dir / CONFIG_FILE).is_file():
         raise RunDirError(f"{run_dir}: no {CONFIG_FILE}; not a vaelab run directory")
     cfg = config_mod.load_json(run_dir / CONFIG_FILE)
+    try:
+        config_mod.validate(cfg)
+    except ConfigError as exc:
+        raise RunDirError(f"{run_dir / CONFIG_FILE}: {exc}") from None
     model = build_model(cfg.model)
     weights = run_dir / WEIGHTS_FILE
     if weights.is_file():
@@ -189,7 +193,7 @@ def _source_commit() -> str | None:
 
 def provenance() -> dict:
     """Where a result came from: vaelab version, git commit (see _source_commit), torch, CPU and thread count."""
-    from . import __version__
+    from .. import __version__
 
     return {"vaelab": __version__, "commit": _source_commit(), "torch": torch.__version__, "cpu": _cpu_name(),
             "threads": torch.get_num_threads()}

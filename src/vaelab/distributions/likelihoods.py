@@ -11,9 +11,12 @@ from torch import nn
 from torch.distributions import Distribution, Independent, Normal, constraints
 from torch.nn import functional as F
 
-from .nets import full_precision
+from .common import full_precision
 
 LIKELIHOODS = ("bernoulli", "gaussian", "gaussian-learned")
+# Likelihoods of binary pixels: their models train on dynamically binarized images and are evaluated
+# on a fixed binarization; the others see pixels in [0, 1].
+BINARY_LIKELIHOODS = ("bernoulli",)
 
 
 class IndependentBernoulli(Distribution):

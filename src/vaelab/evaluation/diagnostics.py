@@ -1,0 +1,49 @@
+"""Diagnostics of a trained model's latent space, from the contract alone: active units per latent
+group, KL per latent dimension, and the classifier's test accuracy for models that have one."""
+
+from __future__ import annotations
+
+import torch
+
+from .bounds import model_batch
+
+
+def continuous_codes(codes: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The floating-point codes of encode (latent groups), without integer label codes."""
+    return {name: code for name, code in codes.items() if code.is_floating_point()}
+
+
+@torch.inference_mode()
+def posterior_means(model, x: torch.Tensor, y: torch.Tensor | None = None, batch: int = 1000) -> dict[str, torch.Tensor]:
+    """encode() over x in chunks: each continuous latent group's posterior mean, (n, d)."""
+    chunks = [continuous_codes(model.encode(model_batch(model, x[i : i + batch], None if y is None else y[i : i + batch])))
+              for i in range(0, x.shape[0], batch)]
+    return {name: torch.cat([c[name] for c in chunks]) for name in chunks[0]}
+
+
+def active_units(model, x: torch.Tensor, y: torch.Tensor | None = None, threshold: float = 0.01) -> dict[str, torch.Tensor]:
+    """Burda et al.'s activity per latent group: dimension j is active if Var_x(E_q[z_j | x]) > threshold.
+    Returns each group's per-dimension variances; count with (v > threshold).sum()."""
+    return {name: means.var(0) for name, means in posterior_means(model, x, y).items()}
+
+
+@torch.inference_mode()
+def kl_per_dimension(model, x: torch.Tensor, y: torch.Tensor | None = None, batch: int = 1000) -> dict[str, torch.Tensor]:
+    """Mean analytic KL(q(z_j|x) || p(z_j)) per dimension of each latent group that has it, (d,).
+    Empty for a model whose posterior and prior do not factorise."""
+    totals: dict[str, torch.Tensor] = {}
+    for i in range(0, x.shape[0], batch):
+        terms = model(model_batch(model, x[i : i + batch], None if y is None else y[i : i + batch]), 1)
+        for name, group in terms.latents.items():
+            if group.kl_dims is not None:
+                part = group.kl_dims.sum(0)
+                totals[name] = part if name not in totals else totals[name] + part
+    return {name: total / x.shape[0] for name, total in totals.items()}
+
+
+@torch.inference_mode()
+def accuracy(model, x: torch.Tensor, y: torch.Tensor, batch: int = 2000) -> float:
+    """Fraction of inputs whose most probable label under the model's classifier q(y|x) is the true one."""
+    correct = sum(int((model.classify({"x": x[i : i + batch]}).argmax(-1) == y[i : i + batch]).sum())
+                  for i in range(0, len(x), batch))
+    return correct / len(x)

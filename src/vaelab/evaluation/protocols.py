@@ -1,0 +1,94 @@
+"""Evaluation protocols: NELBO / KL per latent group / Rec and negative IWAE-m bounds.
+
+cs236 (REFERENCE.md section 1): the fixed 100-image test subset, binarized once with
+    torch.manual_seed(0); NELBO, KL, Rec averaged over 100 repeats; negative IWAE-m for each m
+    averaged over max(100 // m, 1) repeats.
+full (the literature's): all 10,000 test images binarized once with a fixed seed; NELBO, KL, Rec
+    averaged over 10 repeats; negative IWAE-m with one estimate per image, reported with its
+    standard error over images; active units per latent group.
+What the model needs (labels for every image, a classifier to score) is read from its spec.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+
+from .. import data as data_mod
+from ..devices import check_compile_toolchain
+from .bounds import DEFAULT_BUDGET, elbo_terms, iwae_per_image
+from .diagnostics import accuracy, active_units
+
+PROTOCOLS = ("cs236", "full")
+DEFAULT_IW = {"cs236": (1, 10, 100, 1000), "full": (1, 10, 100, 1000, 5000)}
+NELBO_REPEATS = {"cs236": 100, "full": 10}
+ACTIVITY_THRESHOLD = 0.01
+
+
+def evaluation_set(protocol: str, test: data_mod.ImageSet, binary: bool = True, binarize_seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """The test images (x, y) a protocol evaluates on: binarized once with a fixed seed for binary
+    models, the pixels in [0, 1] for continuous ones."""
+    if protocol == "cs236":
+        if not binary:
+            index = data_mod.subset_indices(test.labels).to(test.labels.device)
+            return test.pixels(index), test.labels[index]
+        return data_mod.cs236_test_subset(test, binarize_seed)
+    x = data_mod.binarized_test_set(test, binarize_seed) if binary else test.pixels()
+    return x, test.labels
+
+
+def evaluate(model, test: data_mod.ImageSet, protocol: str = "cs236", iws=None, seed: int = 0,
+             budget: int = DEFAULT_BUDGET, progress=None, compile: bool = False) -> dict:
+    """Run a protocol and return a flat dict of metrics (nats; nelbo, kl, rec, kl_<group>, niwae_<m>, ...).
+
+    `seed` fixes the evaluation's z draws, so the same model gives the same numbers. `progress`, if
+    given, is called with a short label before each stage. compile=True evaluates the NELBO and IWAE
+    bounds through torch.compile(model): the decoder's activations and the likelihood's passes fuse,
+    the numbers stay the same (within float rounding), and the model itself is left as it was."""
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {protocol!r}")
+    iws = DEFAULT_IW[protocol] if iws is None else tuple(iws)
+    binary = model.binary_pixels
+    x, y = evaluation_set(protocol, test, binary)
+    if compile:
+        check_compile_toolchain(x.device)
+    # Bounds go through forward(); a compiled wrapper shares the model's parameters (and reads its spec).
+    bounded = torch.compile(model) if compile else model
+    labels = y if model.spec.labels == "all" else None  # such models bound log p(x | y)
+    device = x.device
+    result = {"protocol": protocol, "images": int(x.shape[0]), "binarized": binary, "binarization_seed": 0 if binary else None,
+              "eval_seed": seed, "bound": "log p(x | y)" if labels is not None else "log p(x)", "compiled": compile}
+    start = time.perf_counter()
+    was_training = model.training
+    model.eval()
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        if progress:
+            progress(f"NELBO ({NELBO_REPEATS[protocol]} repeats)")
+        result.update(elbo_terms(bounded, x, NELBO_REPEATS[protocol], budget, labels))
+        if model.spec.classifier:
+            if progress:
+                progress("accuracy on all test images (not binarized)")
+            # As the reference: every test image, pixels in [0, 1], whatever the protocol's bound subset.
+            result["accuracy"] = accuracy(model, test.pixels(), test.labels)
+            result["accuracy_images"] = len(test)
+        for m in iws:
+            repeats = max(100 // m, 1) if protocol == "cs236" else 1
+            if progress:
+                progress(f"IWAE-{m} ({repeats} repeats)")
+            bound = iwae_per_image(bounded, x, m, repeats, budget, labels)
+            result[f"niwae_{m}"] = float(-bound.mean())
+            if protocol == "full":
+                result[f"niwae_{m}_sem"] = float(bound.std() / math.sqrt(len(bound)))
+        if protocol == "full":
+            variances = active_units(model, x, labels)
+            result["active_units"] = int(sum(int((v > ACTIVITY_THRESHOLD).sum()) for v in variances.values()))
+            result["z_dim"] = int(sum(v.shape[0] for v in variances.values()))
+            if len(variances) > 1:
+                result.update({f"active_units_{name}": int((v > ACTIVITY_THRESHOLD).sum()) for name, v in variances.items()})
+    model.train(was_training)
+    result["seconds"] = round(time.perf_counter() - start, 2)
+    return result
+

@@ -1,0 +1,97 @@
+"""Convolutional encoder and decoder for images of shape (H, W) or (C, H, W).
+
+Encoder: per entry of `channels` a 4x4 convolution with stride 2 (halving height and width) and the
+activation, then the flattened feature map (with the context vector, if any) through one linear layer.
+Decoder: the mirror image: a linear layer to the smallest feature map, then 4x4 transposed
+convolutions with stride 2 back to (C, H, W). With channels (32, 64) on 28 x 28 MNIST the feature
+maps are 14 x 14 x 32 and 7 x 7 x 64 (the layout of the DCGAN-style VAEs common in the literature).
+Height and width must be divisible by 2^len(channels).
+
+Weights and feature maps are kept channels-last (NHWC): on the CPU the oneDNN convolutions run
+about 1.9x faster for training steps and 1.4x for decoding than in the default layout (measured on 2 cores;
+docs/architecture.md), and CUDA's tensor-core kernels prefer it too.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .mlp import ACTIVATIONS
+
+
+def channels_and_size(image_shape: tuple[int, ...]) -> tuple[int, int, int]:
+    """(C, H, W) of an image shape given as (H, W) or (C, H, W)."""
+    return (1, *image_shape) if len(image_shape) == 2 else tuple(image_shape)
+
+
+def check_shape(image_shape: tuple[int, ...], channels: tuple[int, ...]) -> None:
+    """Raise ValueError unless the image can be halved len(channels) times."""
+    _, h, w = channels_and_size(image_shape)
+    factor = 2 ** len(channels)
+    if h % factor or w % factor:
+        raise ValueError(f"images of {h} x {w} pixels cannot be halved {len(channels)} times; "
+                         f"use fewer channels entries or net = mlp")
+
+
+def _flat_batch(t: torch.Tensor, trailing: int) -> tuple[torch.Tensor, tuple[int, ...]]:
+    """t (..., *trailing dims) as (N, *trailing dims) plus the leading shape to restore."""
+    lead = t.shape[: t.dim() - trailing]
+    return t.reshape(-1, *t.shape[t.dim() - trailing :]), lead
+
+
+class ConvEncoder(nn.Module):
+    """x (..., C*H*W) flat pixels -> (..., out_features); an optional context (..., c) joins the
+    flattened features before the linear head, so the convolutions run once per image."""
+
+    def __init__(self, image_shape: tuple[int, ...], out_features: int, channels: tuple[int, ...] = (32, 64),
+                 activation: str = "elu", context_features: int = 0):
+        super().__init__()
+        check_shape(image_shape, channels)
+        c, h, w = channels_and_size(image_shape)
+        self.image = (c, h, w)
+        layers, width = [], c
+        for size in channels:
+            layers += [nn.Conv2d(width, size, 4, stride=2, padding=1), ACTIVATIONS[activation]()]
+            width = size
+        self.features = nn.Sequential(*layers)
+        self.feature_dim = width * (h >> len(channels)) * (w >> len(channels))
+        self.head = nn.Linear(self.feature_dim + context_features, out_features)
+        self.features.to(memory_format=torch.channels_last)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        flat, lead = _flat_batch(x, 1)
+        h = self.features(flat.view(-1, *self.image).contiguous(memory_format=torch.channels_last)).flatten(1).view(*lead, self.feature_dim)
+        if context is not None:
+            h = torch.cat([h.expand(*context.shape[:-1], self.feature_dim), context], -1)
+        return self.head(h)
+
+
+class ConvDecoder(nn.Module):
+    """A code (..., in_features) -> (..., C*H*W), the likelihood's parameters per pixel."""
+
+    def __init__(self, in_features: int, image_shape: tuple[int, ...], channels: tuple[int, ...] = (32, 64),
+                 activation: str = "elu"):
+        super().__init__()
+        check_shape(image_shape, channels)
+        c, h, w = channels_and_size(image_shape)
+        self.out_dim = c * h * w
+        self.start = (channels[-1], h >> len(channels), w >> len(channels))
+        act = ACTIVATIONS[activation]
+        self.project = nn.Sequential(nn.Linear(in_features, math.prod(self.start)), act())
+        layers, widths = [], [*reversed(channels), c]
+        for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
+            layers.append(nn.ConvTranspose2d(a, b, 4, stride=2, padding=1))
+            if i < len(widths) - 2:
+                layers.append(act())
+        self.deconv = nn.Sequential(*layers).to(memory_format=torch.channels_last)
+        # The largest per-sample activation (a feature map): evaluation sizes its chunks by it.
+        self.activation_elements = max(widths[i] * (h >> (len(channels) - i)) * (w >> (len(channels) - i))
+                                       for i in range(len(widths)))
+
+    def forward(self, code: torch.Tensor) -> torch.Tensor:
+        flat, lead = _flat_batch(code, 1)
+        out = self.deconv(self.project(flat).view(-1, *self.start).contiguous(memory_format=torch.channels_last))
+        return out.reshape(*lead, self.out_dim)
