@@ -21,11 +21,12 @@ for name in $names; do
   rm -rf "$run"
   mkdir -p "$out/$name"
   case $name in
-    vae)   vaelab train vae --seed 0 ;;
-    gmvae) vaelab train gmvae --seed 0 ;;
-    ssvae) vaelab train ssvae --seed 0 ;;
-    conv)  vaelab train vae --net conv --seed 0 ;;
-  esac --threads "$threads" --data-dir "$data_dir" --out "$run" --no-progress | tee "$out/$name/train.txt"
+    vae)   model=(vae) ;;
+    gmvae) model=(gmvae) ;;
+    ssvae) model=(ssvae) ;;
+    conv)  model=(vae --net conv) ;;
+  esac
+  vaelab train "${model[@]}" --seed 0 --threads "$threads" --data-dir "$data_dir" --out "$run" --no-progress | tee "$out/$name/train.txt"
   case $name in
     vae)   vaelab eval "$run" --protocol cs236 | tee "$out/$name/eval-cs236.txt"
            vaelab eval "$run" --protocol full --iw 1,10,100,1000,5000 | tee "$out/$name/eval-full.txt" ;;
