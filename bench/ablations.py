@@ -12,7 +12,7 @@ Training (images/s of vaelab.train.train on the reference VAE, median of interle
   threads-1                     train.threads = 1
   bf16                          train.precision = bf16 (autocast on the CPU)
   compile                       train.compile = true (after one untimed compiling run)
-IWAE-1000 evaluation (importance samples/s of vaelab.evaluate.iwae_per_image on --images test images):
+IWAE-1000 evaluation (importance samples/s of vaelab.evaluation.iwae_per_image on --images test images):
   default and torch-bernoulli, and a range of chunk budgets (elements of the largest tensor);
   the GMVAE (500 components) with vaelab's mixture density (matmul expansion) and with
   MixtureSameFamily's (a (samples, K, z) tensor).
@@ -35,13 +35,13 @@ import torch
 from torch.distributions import Bernoulli, Independent, MixtureSameFamily
 
 from vaelab import data as data_mod
-from vaelab import likelihoods, priors
-from vaelab import train as train_mod
-from vaelab.config import load_preset
-from vaelab.evaluate import DEFAULT_BUDGET, iwae_per_image
+from vaelab.distributions import likelihoods, priors
+from vaelab.training import loop as train_mod
+from vaelab.training.config import load_preset
+from vaelab.evaluation import DEFAULT_BUDGET, iwae_per_image
 from vaelab.models import build_model
-from vaelab.nets import full_precision
-from vaelab.runs import load_run, provenance
+from vaelab.distributions import full_precision
+from vaelab.training.runs import load_run, provenance
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench import vaelab_loop  # noqa: E402  (the benchmark's own vaelab measurement)

@@ -10,7 +10,7 @@
       the 1[u < pixel] draw ("plain_tuned"), which shows what vaelab's own code costs;
   (c) pythae 0.1.2's VAE and BaseTrainer with the same MLPs (pythae has no dynamic binarization,
       so it gets the training set binarized once; its DataLoader collates per item);
-  (d) IWAE-1000 on all 10,000 test images with vaelab.evaluate.iwae_per_image, in importance
+  (d) IWAE-1000 on all 10,000 test images with vaelab.evaluation.iwae_per_image, in importance
       samples per second, beside the FLOP bound: measured matmul GFLOP/s / decoder FLOPs per sample;
       eager (`vaelab eval`'s default) and through torch.compile (`vaelab eval --compile`).
 
@@ -35,10 +35,10 @@ from torch.nn import functional as F
 
 import vaelab
 from vaelab import data as data_mod
-from vaelab.config import load_preset
-from vaelab.evaluate import iwae_per_image
-from vaelab.runs import load_run, provenance
-from vaelab.train import train as vaelab_train
+from vaelab.training.config import load_preset
+from vaelab.evaluation import iwae_per_image
+from vaelab.training.runs import load_run, provenance
+from vaelab.training.loop import train as vaelab_train
 
 X_DIM, Z_DIM, HIDDEN, BATCH, LR = 784, 10, 300, 100, 1e-3
 

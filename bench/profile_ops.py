@@ -14,10 +14,11 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from vaelab import data as data_mod
-from vaelab.config import load_preset
-from vaelab.evaluate import iwae_per_image
+from vaelab.training.config import load_preset
+from vaelab.evaluation import iwae_per_image
 from vaelab.models import build_model
-from vaelab.train import Batches, make_optimizer, training_loss
+from vaelab.training.batches import Batches
+from vaelab.training.loop import make_optimizer, training_loss
 
 
 def main() -> None:
@@ -38,7 +39,7 @@ def main() -> None:
     torch.manual_seed(0)
     model = build_model(cfg.model)
     if args.what == "train":
-        batches = Batches(train_set, cfg, getattr(model, "semi_supervised", False), device)
+        batches = Batches(train_set, cfg, model.spec.labels, model.binary_pixels, device)
         optimizer = make_optimizer(model, cfg.train.lr, device)
 
         def work():

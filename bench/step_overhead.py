@@ -6,7 +6,7 @@ Runs one step of each contender in turn, `--steps` times, and reports each one's
 the load of this shared machine drifts over seconds, so interleaving single steps cancels most of
 it where bench.py's whole runs cannot. The contenders, all on the reference VAE (batch 100):
 
-  vaelab        the step vaelab.train runs: Batches.next, training_loss, backward, the non-finite
+  vaelab        the step vaelab.training.loop runs: Batches.next, training_loss, backward, the non-finite
                 check, fused Adam, the logged values (without the progress bar and log writes)
   plain         bench.py's plain loop step (torch.bernoulli draw, torch's default Adam)
   plain_tuned   the same with vaelab's two speed choices (the 1[u < pixel] draw, fused Adam)
@@ -24,10 +24,11 @@ from pathlib import Path
 import torch
 
 from vaelab import data as data_mod
-from vaelab.config import load_preset
+from vaelab.training.config import load_preset
 from vaelab.models import build_model
-from vaelab.runs import provenance
-from vaelab.train import Batches, gradients_finite, make_optimizer, training_loss
+from vaelab.training.runs import provenance
+from vaelab.training.batches import Batches
+from vaelab.training.loop import gradients_finite, make_optimizer, training_loss
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench import BATCH, plain_step  # noqa: E402  (the benchmark's own plain loop)
@@ -38,7 +39,7 @@ def vaelab_step(train_set: data_mod.ImageSet):
     cfg.model.x_dim, cfg.model.image_shape = train_set.x_dim, train_set.image_shape
     model = build_model(cfg.model)
     optimizer = make_optimizer(model, cfg.train.lr, torch.device("cpu"))
-    batches = Batches(train_set, cfg, False, torch.device("cpu"))
+    batches = Batches(train_set, cfg, model.spec.labels, model.binary_pixels, torch.device("cpu"))
     parameters = list(model.parameters())
 
     def step():

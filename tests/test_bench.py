@@ -52,7 +52,7 @@ def test_the_tried_alternatives_compute_the_same_quantities():
     logits = torch.cat([torch.randn(3, 5, 10, dtype=torch.float64) * 4, torch.full((3, 5, 2), 60.0, dtype=torch.float64),
                         torch.full((3, 5, 2), -60.0, dtype=torch.float64)], -1)
     x = torch.bernoulli(torch.full((5, 14), 0.5, dtype=torch.float64))
-    from vaelab.likelihoods import BernoulliLikelihood
+    from vaelab.distributions.likelihoods import BernoulliLikelihood
 
     torch.testing.assert_close(ablations.torch_bernoulli(None, logits).log_prob(x), BernoulliLikelihood()(logits).log_prob(x))
     torch.testing.assert_close(ablations.torch_bernoulli(None, logits).log_prob(x), Independent(Bernoulli(logits=logits), 1).log_prob(x))

@@ -205,7 +205,7 @@ def test_plot_kl_needs_factorised_kl(cli, tmp_path, tiny_data):
     run = tmp_path / "full"
     assert cli("train", "vae", "--posterior", "full", "--steps", "2", "--hidden", "16", "--data-dir", tiny_data,
                "--out", run, "--no-progress").returncode == 0
-    _one_line_error(cli("plot", run, "--kind", "kl"), "--kind kl", "diagonal posterior")
+    _one_line_error(cli("plot", run, "--kind", "kl"), "--kind kl", "factorise")
 
 
 def test_compare_runs(cli, trained_run, tmp_path, tiny_data):
@@ -239,7 +239,7 @@ def test_tensorboard_events_hold_scalars_and_images(trained_run):
 
 
 def test_compile_without_a_cpp_compiler_is_a_one_line_error(cli, tiny_data, trained_run, tmp_path, monkeypatch):
-    monkeypatch.setattr("vaelab.train.shutil.which", lambda name: None)
+    monkeypatch.setattr("vaelab.devices.shutil.which", lambda name: None)
     monkeypatch.delenv("CXX", raising=False)
     out = tmp_path / "compiled"
     proc = cli("train", "vae", "--steps", "5", "--compile", "--data-dir", tiny_data, "--out", out, "--device", "cpu", "--no-progress")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from vaelab.config import RunConfig, list_presets, load_json, load_preset, parse_override, save_json, set_key, validate
+from vaelab.training.config import RunConfig, list_presets, load_json, load_preset, parse_override, save_json, set_key, validate
 from vaelab.errors import ConfigError
 
 

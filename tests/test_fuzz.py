@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from vaelab.errors import DataError
-from vaelab.formats import MAX_IDX_BYTES, read_idx, read_svhn_mat, write_idx
+from vaelab.data.formats import MAX_IDX_BYTES, read_idx, read_svhn_mat, write_idx
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 

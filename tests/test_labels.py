@@ -10,15 +10,16 @@ import torch
 
 from vaelab import objectives
 from vaelab.cli import main
-from vaelab.config import ModelConfig, RunConfig, load_preset
+from vaelab.training.config import RunConfig, load_preset
 from vaelab.data import CS236_TRAIN_LABELLED_POSITIONS, ImageSet, subset_indices
-from vaelab.likelihoods import GaussianLikelihood
-from vaelab.models import build_model
-from vaelab.train import Batches, labelled_indices, training_loss
+from vaelab.distributions.likelihoods import GaussianLikelihood
+from vaelab.models import build_model, model_config
+from vaelab.training.batches import Batches, labelled_indices
+from vaelab.training.loop import training_loss
 
 
 def _ssvae(z_dim=4):
-    return build_model(ModelConfig(name="ssvae", x_dim=30, z_dim=z_dim, hidden=(16,))).double()
+    return build_model(model_config(name="ssvae", x_dim=30, z_dim=z_dim, hidden=(16,))).double()
 
 
 def test_enumeration_equals_an_explicit_loop_over_labels():
@@ -26,52 +27,68 @@ def test_enumeration_equals_an_explicit_loop_over_labels():
     model = _ssvae()
     x = torch.bernoulli(torch.full((6, 30), 0.4, dtype=torch.float64))
     torch.manual_seed(1)
-    enumerated = model.enumerate_labels(x, k=3)
-    parts = objectives.enumerated_elbo(enumerated)
+    terms = model({"x": x}, k=3)
+    assert terms.draws == 3 and terms.log_px_z.shape == (30, 6)  # 3 draws x 10 labels
     # The same computation one label at a time, with the same noise: eps for label y is slice y.
     torch.manual_seed(1)
     eps = torch.randn(3, 10, 6, 4, dtype=torch.float64)
-    qy = torch.softmax(model.classify(x), -1)
-    nelbo = torch.zeros(6, dtype=torch.float64)
+    qy = torch.softmax(model.classify({"x": x}), -1)
+    rec = kl_z = torch.zeros(6, dtype=torch.float64)
     for label in range(10):
         y = torch.full((6,), label)
         q = model.posterior(x, y)
         z = q.mean + q.stddev * eps[:, label]
-        rec = -model.likelihood(z, y).log_prob(x).mean(0)
-        kl_z = 0.5 * (q.variance + q.mean**2 - 1 - q.variance.log()).sum(-1)
-        nelbo += qy[:, label] * (rec + kl_z + qy[:, label].log() - math.log(1 / 10))
-    torch.testing.assert_close(parts["nelbo"], nelbo)
-    torch.testing.assert_close(parts["nelbo"], parts["rec"] + parts["kl_z"] + parts["kl_y"])
+        rec = rec + qy[:, label] * -model.likelihood(z, y).log_prob(x).mean(0)
+        kl_z = kl_z + qy[:, label] * 0.5 * (q.variance + q.mean**2 - 1 - q.variance.log()).sum(-1)
     kl_y = (qy * (qy.log() + math.log(10))).sum(-1)
-    torch.testing.assert_close(parts["kl_y"], kl_y)
+    torch.testing.assert_close(objectives.reconstruction_term(terms), rec)
+    torch.testing.assert_close(objectives.group_kl(terms, terms.latents["z"]), kl_z)
+    torch.testing.assert_close(objectives.group_kl(terms, terms.latents["y"]), kl_y)
+    torch.testing.assert_close(-objectives.elbo(terms), rec + kl_z + kl_y)
+    # The Monte Carlo KL of each group (from log q - log p at the points) agrees with the analytic one.
+    mc_y = objectives.expectation(terms, terms.latents["y"].log_q - terms.latents["y"].log_p)
+    torch.testing.assert_close(mc_y, kl_y)
 
 
-def test_ssvae_sampled_label_bound_is_a_valid_iwae_bound():
+def test_ssvae_stratified_iwae_bound_converges_to_log_px_from_below():
     torch.manual_seed(0)
     model = _ssvae(z_dim=2)
     x = torch.bernoulli(torch.full((3, 30), 0.5, dtype=torch.float64))
-    # Exact-label bound: log sum_y p(y) IWAE_y; sampling y from q(y|x) must approach it from below.
     with torch.no_grad():
-        per_label = torch.stack([torch.logsumexp(model(x, 4000, y=torch.full((3,), c)).log_weights(), 0) - math.log(4000) for c in range(10)])
-        exact = torch.logsumexp(per_label, 0)  # log_pz already holds log p(y)
-        sampled = torch.logsumexp(model(x, 40000).log_weights(), 0) - math.log(40000)
-        elbo = objectives.enumerated_elbo(model.enumerate_labels(x, 200))["nelbo"]
-    assert torch.all(-elbo <= sampled + 0.05)
-    torch.testing.assert_close(sampled, exact, atol=0.1, rtol=0)
+        # log p(x) = log sum_y p(y) p(x | y), each p(x | y) by importance sampling with q(z | x, y).
+        per_label = []
+        for c in range(10):
+            y = torch.full((3,), c)
+            q, prior = model.posterior(x, y), model.prior()
+            z = q.sample((20000,))
+            log_w = model.likelihood(z, y).log_prob(x) + prior.log_prob(z) - q.log_prob(z)
+            per_label.append(torch.logsumexp(log_w, 0) - math.log(20000) - math.log(10))
+        exact = torch.logsumexp(torch.stack(per_label), 0)
+        stratified = objectives.iwae_bound(model({"x": x}, 2000))
+        one = torch.stack([objectives.iwae_bound(model({"x": x}, 1)) for _ in range(400)]).mean(0)
+        elbo = torch.stack([objectives.elbo(model({"x": x}, 1)) for _ in range(400)]).mean(0)
+    torch.testing.assert_close(stratified, exact, atol=0.05, rtol=0)
+    assert torch.all(elbo <= one + 0.05) and torch.all(one <= stratified + 0.05)
 
 
 def test_ssvae_loss_weights_and_classifier_only():
     torch.manual_seed(0)
     model = _ssvae()
     x = torch.bernoulli(torch.rand(8, 30, dtype=torch.float64))
-    logits = model.classify(x[:4])
     labels = torch.tensor([0, 1, 2, 3])
-    terms = model.enumerate_labels(x)
-    nelbo = objectives.enumerated_elbo(terms)["nelbo"].mean()
-    ce = torch.nn.functional.cross_entropy(logits, labels)
-    out = objectives.ssvae_loss(terms, logits, labels, gen_weight=1.0, class_weight=100.0)
+    batch = {"x": x, "x_labelled": x[:4], "y_labelled": labels}
+    ce = torch.nn.functional.cross_entropy(model.classify({"x": x[:4]}), labels)
+    torch.manual_seed(1)
+    terms = model(batch)
+    nelbo = -objectives.elbo(terms).mean()
+    out = objectives.loss(terms)
     torch.testing.assert_close(out.loss, nelbo + 100 * ce)
-    assert objectives.ssvae_loss(terms, logits, labels, 0.0, 100.0).loss.item() == pytest.approx(100 * ce.item())
+    assert out.extras["ce"].item() == pytest.approx(ce.item()) and set(out.extras) == {"kl_z", "kl_y", "ce"}
+    model.config.gen_weight = 0.0
+    classifier_only = model(batch)
+    assert not classifier_only.log_px_z.requires_grad  # the bound is only logged: no graph is built for it
+    assert objectives.loss(classifier_only).loss.item() == pytest.approx(100 * ce.item())
+    assert not model.trains_every_parameter
 
 
 def _labelled_toy_set(n_per_class=6500, side=2):
@@ -86,7 +103,7 @@ def test_semi_supervised_batches_are_drawn_as_specified():
     train_set = _labelled_toy_set()
     cfg = load_preset("ssvae")
     cfg.train.batch_size = 50
-    batches = Batches(train_set, cfg, semi_supervised=True, device=torch.device("cpu"))
+    batches = Batches(train_set, cfg, labels="subset", binary=True, device=torch.device("cpu"))
     expected = subset_indices(train_set.labels, CS236_TRAIN_LABELLED_POSITIONS)
     assert torch.equal(batches.labelled, expected) and len(expected) == 100
     first, second = batches.next(), batches.next()
@@ -106,7 +123,7 @@ def test_semi_supervised_batches_are_drawn_as_specified():
 def test_continuous_batches_are_not_binarized():
     train_set = _labelled_toy_set(20, side=5)
     cfg = load_preset("cvae")
-    batch = Batches(train_set, cfg, semi_supervised=False, device=torch.device("cpu")).next()
+    batch = Batches(train_set, cfg, labels="all", binary=False, device=torch.device("cpu")).next()
     assert len(batch["x"].unique()) > 2 and float(batch["x"].max()) <= 1
     assert batch["y"].shape == (100,)
 
@@ -125,18 +142,17 @@ def test_gaussian_likelihood_densities():
     assert float(learned.variance().detach().min()) >= learned.floor
 
 
-def test_conditional_model_terms_and_style_content():
-    model = build_model(ModelConfig(name="cvae", x_dim=30, z_dim=3, hidden=(16,), likelihood="gaussian"))
+def test_conditional_model_terms_and_label_grid():
+    model = build_model(model_config(name="cvae", x_dim=30, z_dim=3, hidden=(16,), likelihood="gaussian"))
     x, y = torch.rand(5, 30), torch.tensor([0, 1, 2, 3, 4])
-    terms = model(x, 2, y=y)
-    assert terms.log_px_z.shape == (2, 5) and terms.kl.shape == (5,)
+    terms = model({"x": x, "y": y}, 2)
+    assert terms.log_px_z.shape == (2, 5) and terms.latents["z"].kl.shape == (5,)
     with pytest.raises(ValueError, match="needs labels"):
-        model(x)
-    grid = model.style_content(4)
-    assert grid.shape == (40, 30)
+        model({"x": x})
+    assert model.label_grid(4).shape == (4, 10, 30)
     # Same row -> same z: with a decoder that ignores y every column of a row is identical.
     torch.nn.init.zeros_(model.decoder[0].weight[:, 3:])
-    grid = model.style_content(2).view(2, 10, 30)
+    grid = model.label_grid(2)
     torch.testing.assert_close(grid[:, :1].expand_as(grid), grid)
     assert not torch.allclose(grid[0], grid[1])
 
@@ -165,7 +181,7 @@ def test_ssvae_and_cvae_cli_on_tiny_data(tiny_data, tmp_path, capsys):
 
 
 def test_cs236_labelled_subset_needs_mnist():
-    from vaelab.config import validate
+    from vaelab.training.config import validate
     from vaelab.errors import ConfigError
 
     cfg = load_preset("ssvae")

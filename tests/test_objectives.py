@@ -9,11 +9,11 @@ import torch
 from torch.distributions import kl_divergence
 
 from vaelab import objectives
-from vaelab.evaluate import _plan, elbo_terms, iwae_per_image
-from vaelab.models.vae import VAE
-from vaelab.objectives import Terms
-from vaelab.posteriors import DiagonalGaussian
-from vaelab.priors import StandardNormalPrior
+from vaelab.evaluation import elbo_terms, iwae_per_image, plan_chunks
+from vaelab.models import build_model, model_config
+from vaelab.models.base import LatentGroup, Terms
+from vaelab.distributions.posteriors import DiagonalGaussian
+from vaelab.distributions.priors import StandardNormalPrior
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -37,7 +37,7 @@ def test_standard_normal_prior_log_density():
 
 
 def test_bernoulli_decoder_log_likelihood_matches_closed_form():
-    model = VAE(x_dim=12, z_dim=2, hidden=(8,)).double()
+    model = build_model(model_config(x_dim=12, z_dim=2, hidden=(8,))).double()
     z = torch.randn(3, 4, 2, dtype=torch.float64)
     x = torch.bernoulli(torch.full((4, 12), 0.4, dtype=torch.float64))
     p = torch.sigmoid(model.decoder(z))
@@ -48,7 +48,7 @@ def test_bernoulli_decoder_log_likelihood_matches_closed_form():
 def test_independent_bernoulli_matches_torch_bernoulli_values_gradients_and_moments():
     from torch.distributions import Bernoulli, Independent
 
-    from vaelab.likelihoods import IndependentBernoulli
+    from vaelab.distributions.likelihoods import IndependentBernoulli
 
     torch.manual_seed(0)
     # Extreme logits included: the softplus form must stay exact where exp(h) overflows.
@@ -87,19 +87,19 @@ def test_analytic_kl_matches_closed_form_and_monte_carlo():
 def _terms(k=1, b=5, with_kl=False):
     g = torch.Generator().manual_seed(1)
     t = lambda: torch.randn(k, b, generator=g, dtype=torch.float64) * 3  # noqa: E731
-    return Terms(log_px_z=t() - 80, log_pz=t() - 10, log_qz=t() - 5, kl=torch.rand(b, dtype=torch.float64) if with_kl else None)
+    return Terms.one_group(log_px_z=t() - 80, log_p=t() - 10, log_q=t() - 5, kl=torch.rand(b, dtype=torch.float64) if with_kl else None)
 
 
 def test_iwae_with_one_sample_equals_the_elbo_estimate_on_the_same_sample():
     terms = _terms(k=1)
     torch.testing.assert_close(objectives.iwae_bound(terms), objectives.elbo(terms))
     # The model path too: same samples, same value.
-    model = VAE(x_dim=20, z_dim=3, hidden=(16,))
+    model = build_model(model_config(x_dim=20, z_dim=3, hidden=(16,)))
     x = torch.bernoulli(torch.full((8, 20), 0.3))
-    t = model(x, k=1)
+    t = model({"x": x}, k=1)
     single_sample_elbo = t.log_px_z[0] + t.log_pz[0] - t.log_qz[0]
     torch.testing.assert_close(objectives.iwae_bound(t), single_sample_elbo)
-    mc_terms = Terms(t.log_px_z, t.log_pz, t.log_qz, kl=None)
+    mc_terms = Terms.one_group(t.log_px_z, t.log_pz, t.log_qz, kl=None)
     torch.testing.assert_close(objectives.elbo(mc_terms), single_sample_elbo)
 
 
@@ -108,7 +108,7 @@ def test_iwae_is_stable_for_very_negative_log_weights():
     terms.log_px_z = terms.log_px_z - 1e5  # exp() of these underflows to 0 in float64
     bound = objectives.iwae_bound(terms)
     assert torch.isfinite(bound).all()
-    log_w = terms.log_weights()
+    log_w = objectives.log_weights(terms)
     expected = log_w.max(0).values + (log_w - log_w.max(0).values).exp().mean(0).log()
     torch.testing.assert_close(bound, expected)
 
@@ -118,8 +118,8 @@ def test_loss_beta_weights_only_the_kl_term():
     rec = -terms.log_px_z.mean(0)
     for beta in (0.0, 1.0, 4.0):
         out = objectives.loss(terms, "elbo", beta)
-        torch.testing.assert_close(out.loss, (rec + beta * terms.kl).mean())
-        torch.testing.assert_close(out.nelbo, (rec + terms.kl).mean())  # logged NELBO is the true one
+        torch.testing.assert_close(out.loss, (rec + beta * terms.latents["z"].kl).mean())
+        torch.testing.assert_close(out.nelbo, (rec + terms.latents["z"].kl).mean())  # logged NELBO is the true one
     iw = objectives.loss(terms, "iwae", 1.0)
     torch.testing.assert_close(iw.loss, -objectives.iwae_bound(terms).mean())
     with pytest.raises(ValueError):
@@ -140,7 +140,7 @@ def _exact_log_px(model: VAE, x: torch.Tensor) -> torch.Tensor:
 
 def test_bounds_order_and_converge_to_exact_log_likelihood():
     torch.manual_seed(3)
-    model = VAE(x_dim=8, z_dim=1, hidden=(16,)).double()
+    model = build_model(model_config(x_dim=8, z_dim=1, hidden=(16,))).double()
     x = torch.bernoulli(torch.full((6, 8), 0.5, dtype=torch.float64))
     exact = _exact_log_px(model, x)
     elbo = -torch.tensor(elbo_terms(model, x, repeats=2000)["nelbo"], dtype=torch.float64)
@@ -156,7 +156,7 @@ def test_bounds_order_and_converge_to_exact_log_likelihood():
 
 def test_chunk_plan_respects_the_budget():
     for n, k, budget in [(10000, 5000, 1 << 24), (100, 100, 1 << 20), (7, 1, 784), (3, 9, 10)]:
-        images, samples = _plan(n, k, 784, budget)
+        images, samples = plan_chunks(n, k, 784, budget)
         assert 1 <= images <= n and 1 <= samples <= k
         assert images * samples * 784 <= max(budget, 784)
 
@@ -168,7 +168,7 @@ def test_lazy_densities_are_computed_once_and_only_when_a_loss_reads_them():
     def later(value):
         return lambda: calls.append(1) or value
 
-    lazy = Terms(eager.log_px_z, later(eager.log_pz), later(eager.log_qz), kl=eager.kl)
+    lazy = Terms.one_group(eager.log_px_z, later(eager.log_pz), later(eager.log_qz), kl=eager.latents["z"].kl)
     elbo_loss = objectives.loss(lazy, "elbo")
     assert calls == []  # the ELBO with an analytic KL needs neither log p(z) nor log q(z|x)
     torch.testing.assert_close(elbo_loss.loss, objectives.loss(eager, "elbo").loss)
@@ -177,10 +177,10 @@ def test_lazy_densities_are_computed_once_and_only_when_a_loss_reads_them():
     assert calls == [1, 1]  # each computed once, then kept
     # The VAE hands its densities over lazily; reading them gives the distributions' log-densities
     # at the same samples z (redrawn here from the same seed).
-    model = VAE(x_dim=20, z_dim=3, hidden=(16,))
+    model = build_model(model_config(x_dim=20, z_dim=3, hidden=(16,)))
     x = torch.bernoulli(torch.full((8, 20), 0.3))
     torch.manual_seed(3)
-    terms = model(x, k=4)
+    terms = model({"x": x}, k=4)
     torch.manual_seed(3)
     q = model.posterior(x)
     z = q.rsample((4,))

@@ -87,7 +87,7 @@ def test_resume_without_checkpoint_or_run(tmp_path, capsys):
 
 
 def _tiny_cfg(tiny_data, steps=30):
-    from vaelab.config import load_preset
+    from vaelab.training.config import load_preset
 
     cfg = load_preset("vae")
     cfg.train.steps, cfg.train.batch_size, cfg.train.log_every, cfg.train.checkpoint_every = steps, 20, 5, 10
@@ -98,7 +98,7 @@ def _tiny_cfg(tiny_data, steps=30):
 
 def _poison(monkeypatch, bad_steps):
     """Make the loss NaN at the given (1-based) steps of the next training run."""
-    import vaelab.train as train_mod
+    import vaelab.training.loop as train_mod
 
     real = train_mod.training_loss
     calls = {"n": 0}
@@ -114,7 +114,7 @@ def _poison(monkeypatch, bad_steps):
 
 
 def test_non_finite_steps_are_skipped_and_counted(tiny_data, tmp_path, monkeypatch):
-    from vaelab.train import train
+    from vaelab.training.loop import train
 
     _poison(monkeypatch, {3, 4, 17})
     summary = train(_tiny_cfg(tiny_data), tmp_path / "run", progress=False)
@@ -128,7 +128,7 @@ def test_non_finite_steps_are_skipped_and_counted(tiny_data, tmp_path, monkeypat
 
 def test_too_many_non_finite_steps_stop_the_run_with_checkpoint_intact(tiny_data, tmp_path, monkeypatch, capsys):
     from vaelab.errors import TrainingDiverged
-    from vaelab.train import train
+    from vaelab.training.loop import train
 
     _poison(monkeypatch, set(range(14, 100)))
     cfg = _tiny_cfg(tiny_data)
@@ -142,11 +142,11 @@ def test_too_many_non_finite_steps_stop_the_run_with_checkpoint_intact(tiny_data
 
 
 def test_checkpoint_write_crash_keeps_the_last_good_one(tmp_path, monkeypatch):
-    import vaelab.runs as runs_mod
-    from vaelab.config import ModelConfig
-    from vaelab.models import build_model
+    import vaelab.training.runs as runs_mod
+    from vaelab.training.config import ModelConfig
+    from vaelab.models import build_model, model_config
 
-    model = build_model(ModelConfig(hidden=(8,)))
+    model = build_model(model_config(hidden=(8,)))
     opt = torch.optim.Adam(model.parameters())
     good = runs_mod.save_checkpoint(tmp_path, model, opt, 10, keep=3)
     before = good.read_bytes()

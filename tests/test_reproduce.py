@@ -8,7 +8,7 @@ import json
 import pytest
 
 from vaelab.cli import main
-from vaelab.reproduce import CS236
+from vaelab.report.reproduce import CS236
 
 
 @pytest.fixture(scope="module")

@@ -10,15 +10,15 @@ import torch
 from torch.distributions import Independent, MultivariateNormal, Normal, kl_divergence
 
 from vaelab import objectives
-from vaelab.config import ModelConfig, RunConfig, set_key, validate
+from vaelab.training.config import RunConfig, set_key, validate
 from vaelab.errors import ConfigError
-from vaelab.evaluate import active_units, iwae_per_image
-from vaelab.models import build_model
-from vaelab.objectives import Terms
-from vaelab.posteriors import FullCovarianceGaussian
+from vaelab.evaluation import active_units, iwae_per_image
+from vaelab.models import build_model, model_config
+from vaelab.models.base import LatentGroup, ModelSpec, Terms
+from vaelab.distributions.posteriors import FullCovarianceGaussian
 from torch.distributions import MixtureSameFamily
 
-from vaelab.priors import MixtureOfGaussiansPrior, StandardNormalPrior
+from vaelab.distributions.priors import MixtureOfGaussiansPrior, StandardNormalPrior
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -101,7 +101,7 @@ def test_kl_annealing_schedule():
 def _terms_with_kl_dims(kl_dims):
     b = kl_dims.shape[0]
     zeros = torch.zeros(1, b)
-    return Terms(log_px_z=zeros - 50, log_pz=zeros, log_qz=zeros, kl=kl_dims.sum(-1), kl_dims=kl_dims)
+    return Terms.one_group(log_px_z=zeros - 50, log_p=zeros, log_q=zeros, kl=kl_dims.sum(-1), kl_dims=kl_dims)
 
 
 def test_free_bits_clamp_per_dimension_and_group():
@@ -125,10 +125,12 @@ def test_free_bits_clamp_per_dimension_and_group():
 
 
 def test_free_bits_groups_need_per_dimension_kl():
-    terms = Terms(torch.zeros(2, 3), torch.zeros(2, 3), torch.ones(2, 3))
-    with pytest.raises(ValueError, match="per-dimension KL"):
-        objectives.free_bits_kl(terms, 0.5, group_size=1)
+    terms = Terms.one_group(torch.zeros(2, 3), torch.zeros(2, 3), torch.ones(2, 3))
+    # A group without per-dimension KL is one free-bits block whatever the block size ...
+    assert objectives.free_bits_kl(terms, 0.5, group_size=1).item() == 1.0
     assert objectives.free_bits_kl(terms, 0.5, group_size=0).item() == 1.0
+    assert objectives.free_bits_kl(terms, 1.5, group_size=1).item() == 1.5
+    # ... and a model whose posterior and prior do not factorise refuses a block size it cannot honour.
     cfg = RunConfig()
     for key, value in [("model.posterior", "full"), ("objective.free_bits", "0.5")]:
         set_key(cfg, key, value)
@@ -160,13 +162,13 @@ OBJECTIVES = [
 @pytest.mark.parametrize("objective", OBJECTIVES, ids=lambda o: "-".join(f"{k}{v}" for k, v in o.items()))
 def test_every_setting_trains_with_finite_loss(setting, objective):
     torch.manual_seed(0)
-    model = build_model(ModelConfig(x_dim=64, z_dim=4, hidden=(32,), **setting))
+    model = build_model(model_config(x_dim=64, z_dim=4, hidden=(32,), **setting))
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     x = torch.bernoulli(torch.rand(32, 64))
     k = objective.get("k", 1)
     for step in range(6):
         beta = objectives.annealed_beta(step, objective.get("beta", 1.0), objective.get("warmup", 0))
-        terms = model(x, k)
+        terms = model({"x": x}, k)
         assert terms.log_px_z.shape == terms.log_pz.shape == terms.log_qz.shape == (k, 32)
         out = objectives.loss(terms, objective["kind"], beta, objective.get("free_bits", 0.0), objective.get("free_bits_group", 1))
         assert torch.isfinite(out.loss) and torch.isfinite(out.nelbo)
@@ -179,10 +181,10 @@ def test_every_setting_trains_with_finite_loss(setting, objective):
 
 
 def test_mixture_prior_parameters_are_learned():
-    model = build_model(ModelConfig(x_dim=64, z_dim=4, hidden=(32,), prior="mog", prior_components=10))
+    model = build_model(model_config(x_dim=64, z_dim=4, hidden=(32,), prior="mog", prior_components=10))
     before = model.prior.z_pre.detach().clone()
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    out = objectives.loss(model(torch.bernoulli(torch.rand(16, 64))))
+    out = objectives.loss(model({"x": torch.bernoulli(torch.rand(16, 64))}))
     out.loss.backward()
     opt.step()
     assert not torch.equal(before, model.prior.z_pre)
@@ -190,11 +192,16 @@ def test_mixture_prior_parameters_are_learned():
 
 def test_active_units_counts_dimensions_whose_posterior_mean_varies():
     class Fixed(torch.nn.Module):
-        def posterior(self, x):
-            mean = torch.stack([x[:, 0] * 3, x[:, 1] * 0.01, torch.zeros_like(x[:, 0])], -1)
-            return Independent(Normal(mean, torch.ones_like(mean)), 1)
+        spec = ModelSpec()
+
+        def encode(self, batch):
+            x = batch["x"]
+            return {"z": torch.stack([x[:, 0] * 3, x[:, 1] * 0.01, torch.zeros_like(x[:, 0])], -1), "u": x[:, :1] * 0.05,
+                    "label": torch.zeros(x.shape[0], dtype=torch.long)}
 
     x = torch.randn(5000, 2)
-    count, variances = active_units(Fixed(), x)
-    assert count == 1
-    assert variances[0] == pytest.approx(9, rel=0.1) and variances[1] < 0.01 and variances[2] == 0
+    variances = active_units(Fixed(), x)
+    assert set(variances) == {"z", "u"}  # integer label codes are not latent dimensions
+    assert int((variances["z"] > 0.01).sum()) == 1 and int((variances["u"] > 0.01).sum()) == 0
+    z = variances["z"]
+    assert z[0] == pytest.approx(9, rel=0.1) and z[1] < 0.01 and z[2] == 0

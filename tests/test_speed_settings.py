@@ -9,13 +9,13 @@ import shutil
 import pytest
 import torch
 
-from vaelab import data
-from vaelab.config import ModelConfig, RunConfig, load_preset, validate
+from vaelab import data, objectives
+from vaelab.training.config import RunConfig, load_preset, validate
 from vaelab.errors import ConfigError
-from vaelab.evaluate import evaluate
-from vaelab.models import build_model
-from vaelab.runs import load_run
-from vaelab.train import make_optimizer, train
+from vaelab.evaluation import evaluate
+from vaelab.models import build_model, model_config
+from vaelab.training.runs import load_run
+from vaelab.training.loop import make_optimizer, train
 
 
 def _cfg(tiny_data, name="vae", steps=20, **train_settings) -> RunConfig:
@@ -29,8 +29,8 @@ def _cfg(tiny_data, name="vae", steps=20, **train_settings) -> RunConfig:
 
 def test_adam_is_fused_on_cpu_and_matches_the_foreach_update():
     torch.manual_seed(0)
-    model = build_model(ModelConfig(x_dim=16, z_dim=2, hidden=(8,)))
-    twin = build_model(ModelConfig(x_dim=16, z_dim=2, hidden=(8,)))
+    model = build_model(model_config(x_dim=16, z_dim=2, hidden=(8,)))
+    twin = build_model(model_config(x_dim=16, z_dim=2, hidden=(8,)))
     twin.load_state_dict(model.state_dict())
     fused, plain = make_optimizer(model, 1e-3, torch.device("cpu")), torch.optim.Adam(twin.parameters(), lr=1e-3)
     assert fused.defaults["fused"] is True
@@ -38,7 +38,7 @@ def test_adam_is_fused_on_cpu_and_matches_the_foreach_update():
     for net, opt in ((model, fused), (twin, plain)):
         for _ in range(3):
             torch.manual_seed(1)
-            loss = -net(x).log_weights().mean()
+            loss = -objectives.log_weights(net({"x": x})).mean()
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -65,12 +65,12 @@ def test_bf16_mixed_precision_trains_with_float32_densities(tiny_data, tmp_path)
     x = torch.bernoulli(torch.rand(4, 784))
     torch.manual_seed(0)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        terms = model(x, 3)
+        terms = model({"x": x}, 3)
         assert model.decoder(terms.log_px_z.new_zeros(1, 10)).dtype == torch.bfloat16  # the nets do run in bf16
     assert terms.log_px_z.dtype == terms.log_qz.dtype == terms.log_pz.dtype == torch.float32
     # The bf16 forward bounds the same model as the fp32 one, to within bf16 rounding of the networks.
     torch.manual_seed(0)
-    full = model(x, 3).log_px_z
+    full = model({"x": x}, 3).log_px_z
     assert (terms.log_px_z - full).abs().max() < 0.02 * full.abs().max()
     with pytest.raises(ConfigError, match="train.precision"):
         validate(_cfg(tiny_data, precision="fp8"))
@@ -99,7 +99,7 @@ def test_compiled_training_keeps_parameter_names_and_resumable_checkpoints(tiny_
 @needs_compiler
 def test_compiled_evaluation_gives_the_eager_numbers_and_leaves_the_model_alone(tiny_data):
     torch.manual_seed(0)
-    model = build_model(ModelConfig(x_dim=784, z_dim=4, hidden=(32,)))
+    model = build_model(model_config(x_dim=784, z_dim=4, hidden=(32,)))
     test = data.load("mnist", "test", tiny_data)
     eager = evaluate(model, test, "full", iws=(1, 10), seed=3)
     compiled = evaluate(model, test, "full", iws=(1, 10), seed=3, compile=True)
@@ -110,7 +110,7 @@ def test_compiled_evaluation_gives_the_eager_numbers_and_leaves_the_model_alone(
 
 
 def test_gradient_check_flags_any_non_finite_entry():
-    from vaelab.train import gradients_finite
+    from vaelab.training.loop import gradients_finite
 
     params = [torch.nn.Parameter(torch.zeros(3, 4)), torch.nn.Parameter(torch.zeros(5)), torch.nn.Parameter(torch.zeros(2))]
     params[0].grad, params[1].grad = torch.randn(3, 4) * 1e3, torch.randn(5)  # the third has no gradient

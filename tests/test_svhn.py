@@ -10,7 +10,7 @@ import scipy.io
 
 from vaelab import data
 from vaelab.errors import DataError
-from vaelab.formats import read_svhn_mat
+from vaelab.data.formats import read_svhn_mat
 
 
 def _write_svhn(path, n=12, labels=None, **overrides):
@@ -116,7 +116,7 @@ def test_svhn_download_verifies_md5(tmp_path):
 
 
 def test_huge_declared_arrays_are_refused_before_loading(tmp_path, monkeypatch):
-    import vaelab.formats as formats
+    import vaelab.data.formats as formats
 
     path = tmp_path / "x.mat"
     _write_svhn(path, n=4)

@@ -314,8 +314,8 @@ def cmd_plot(args) -> int:
         else:
             kl = evaluation.kl_per_dimension(model, x[: args.images], y[: args.images])
             if not kl:
-                raise VaelabError(f"--kind kl: KL per dimension needs a posterior and prior that factorise; {args.run_dir} has none "
-                                  f"(model {cfg.model.name})")
+                raise VaelabError(f"--kind kl: KL per dimension needs a posterior and prior that factorise (a diagonal posterior, a normal prior); "
+                                  f"{args.run_dir} has no latent group whose KL splits by dimension")
             values = torch.cat(list(kl.values()))
             names = ", ".join(f"{name} {float(v.sum()):.2f}" for name, v in kl.items()) if len(kl) > 1 else ""
             figures.kl_bar_chart(values, out, title=f"{args.run_dir.name}: KL per dimension, total {float(values.sum()):.2f} nats"

@@ -3,6 +3,8 @@ plus one entry here, or a call to register_model from your own code."""
 
 from __future__ import annotations
 
+import math
+
 from ..errors import ConfigError
 from .base import Auxiliary, LatentGroup, Model, ModelConfig, ModelSpec, Terms
 from .cvae import ConditionalVAE
@@ -29,6 +31,16 @@ def model_class(name: str) -> type[Model]:
     return MODELS[name]
 
 
+def model_config(name: str = "vae", **settings) -> ModelConfig:
+    """The settings of model `name` (its Config class) with `settings` applied. Given only x_dim, the
+    inputs are flat vectors, image_shape (x_dim,); given only image_shape, x_dim is its size."""
+    if "image_shape" in settings:
+        settings.setdefault("x_dim", math.prod(settings["image_shape"]))
+    elif "x_dim" in settings:
+        settings["image_shape"] = (settings["x_dim"],)
+    return model_class(name).Config(name=name, **settings)
+
+
 def build_model(cfg: ModelConfig) -> Model:
     """Build the model named by `cfg.name` from its settings (a ModelConfig of that model's Config class)."""
     cls = model_class(cfg.name)
@@ -38,5 +50,5 @@ def build_model(cfg: ModelConfig) -> Model:
     return cls(cfg)
 
 
-__all__ = ["MODELS", "register_model", "model_class", "build_model", "Model", "ModelConfig", "ModelSpec", "Terms",
+__all__ = ["MODELS", "register_model", "model_class", "build_model", "model_config", "Model", "ModelConfig", "ModelSpec", "Terms",
            "LatentGroup", "Auxiliary"]

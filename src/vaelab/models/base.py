@@ -142,6 +142,12 @@ class Terms:
         self.aux_losses = aux_losses or {}
         self.bound_weight = bound_weight
 
+    @classmethod
+    def one_group(cls, log_px_z: torch.Tensor, log_p: LazyTensor, log_q: LazyTensor, kl: torch.Tensor | None = None,
+                  kl_dims: torch.Tensor | None = None, name: str = "z") -> "Terms":
+        """Terms of a model with one latent group and one point per draw (the VAE's shape)."""
+        return cls(log_px_z, {name: LatentGroup(log_p, log_q, kl, kl_dims)})
+
     @property
     def k(self) -> int:
         return self.draws
@@ -179,6 +185,8 @@ class Model(nn.Module):
 
     def forward(self, batch: dict, k: int = 1) -> Terms:
         """The terms (see `terms`): forward, so DistributedDataParallel and torch.compile see them."""
+        if self.spec.labels == "all" and "y" not in batch:
+            raise ValueError(f"model {self.config.name!r} needs labels: batch['y'] with a label for every image")
         return self.terms(batch, k)
 
     def terms(self, batch: dict, k: int = 1) -> Terms:

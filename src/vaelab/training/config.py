@@ -179,6 +179,17 @@ def set_key(cfg: RunConfig, key: str, value) -> None:
             obj = getattr(obj, part)
 
 
+def _all_keys(obj, prefix: str = "") -> list[str]:
+    keys = []
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            keys += _all_keys(value, prefix + f.name + ".")
+        else:
+            keys.append(prefix + f.name)
+    return keys
+
+
 def _field_names(cls) -> set[str]:
     return {f.name for f in dataclasses.fields(cls)}
 
