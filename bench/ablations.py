@@ -2,7 +2,7 @@
 
   python bench/ablations.py --data-dir DATA [--steps 1000] [--repeats 2] [--images 500] [--out FILE]
 
-Training (images/s of vaelab.train.train on the reference VAE, median of interleaved repeats):
+Training (images/s of vaelab.training.train on the reference VAE, median of interleaved repeats):
   default                       fused Adam, IndependentBernoulli, batches binarized as 1[u < pixel],
                                 threads = cores, fp32, eager
   adam-foreach                  torch.optim.Adam's default (foreach) update instead of the fused one

@@ -1,7 +1,7 @@
 """Speed benchmark (issue 6), one process, one machine, one set of settings.
 
   (a) vaelab training throughput for the reference VAE (batch 100, v1 MLPs 784-300-300, z = 10),
-      through vaelab.train.train exactly as `vaelab train vae` runs it (logging, TensorBoard,
+      through vaelab.training.train exactly as `vaelab train vae` runs it (logging, TensorBoard,
       checkpoints included), eager (the default) and with --compile (after one untimed compiling
       run, whose time is reported separately);
   (b) the same model as a minimal plain PyTorch loop written here: training pixels as one float

@@ -233,7 +233,7 @@ class ToyLinearGaussian(Model):
         q, p = self._q(x), self._p()
         z = q.rsample((k,))
         log_px = Independent(torch.distributions.Bernoulli(logits=self.decoder(z)), 1).log_prob(x)
-        return Terms.one_group(log_px, {"z": LatentGroup(p.log_prob(z), q.log_prob(z))})
+        return Terms(log_px, {"z": LatentGroup(p.log_prob(z), q.log_prob(z))})
 
     def encode(self, batch):
         return {"z": self.encode_mean(batch["x"])}

@@ -49,7 +49,8 @@ def run_row(run_dir: Path) -> dict:
         row["train_nelbo"] = summary.get("final", {}).get("nelbo")
     for path in sorted(run_dir.glob("eval-*.json")):
         result = json.loads(path.read_text())
-        for key in EVAL_KEYS:
+        groups = sorted(key for key in result if key.startswith(("kl_", "active_units_")))
+        for key in (*EVAL_KEYS, *groups):
             if key in result:
                 row[f"{result['protocol']}.{key}"] = result[key]
     return row
