@@ -6,7 +6,7 @@
 # Usage: bash experiments/model_contract.sh [DATA_DIR] [NAMES...]
 #   names: vae gmvae ssvae conv (default all); THREADS=N sets torch's CPU threads (default 0: one per core).
 # Budget on 2 CPU cores: vae 3 min + 10 min full evaluation (k up to 5000); gmvae 4 min; ssvae 25 min;
-# conv 12 min + 15 min full evaluation (k up to 1000: k = 5000 would take over an hour on the CPU).
+# conv 25 min + 30 min full evaluation (k up to 1000: k = 5000 would take over two hours on the CPU).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 data_dir=${1:-${VAELAB_DATA:-../shared/data}}

@@ -29,6 +29,9 @@ def test_conv_shapes_for_any_leading_dimensions(shape):
     context = torch.eye(3).unsqueeze(1).expand(3, 7, 3)
     torch.testing.assert_close(encoder(x, context), encoder(x.expand(3, 7, d), context))
     assert decoder.activation_elements == max(8 * (shape[-2] // 4) * (shape[-1] // 4), 4 * (shape[-2] // 2) * (shape[-1] // 2), d)
+    wide = ConvDecoder(5, shape, channels=(4, 8), hidden=(5000, 7))
+    assert wide.activation_elements == 5000 and wide(torch.randn(3, 5)).shape == (3, d)
+    assert ConvEncoder(shape, 6, channels=(4, 8), hidden=(11,))(x).shape == (7, 6)
 
 
 def test_conv_decoder_output_is_in_the_image_layout():
@@ -61,9 +64,8 @@ def test_conv_settings_are_checked():
     cfg = RunConfig()
     set_key(cfg, "model.net", "conv")
     validate(cfg)
-    set_key(cfg, "model.hidden", "64")
-    with pytest.raises(ConfigError, match="model.hidden: applies to net = mlp only"):
-        validate(cfg)
+    set_key(cfg, "model.hidden", "64")  # the fully connected layers between feature maps and code
+    validate(cfg)
     cfg = RunConfig()
     set_key(cfg, "model.channels", "8,8")
     with pytest.raises(ConfigError, match="model.channels: applies to net = conv only"):
@@ -90,5 +92,5 @@ def test_conv_vae_trains_and_evaluates_through_the_cli(tiny_data, tmp_path, caps
 
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["niwae_10"] < result["nelbo"] + 1 and result["kl_z"] == pytest.approx(result["kl"])
-    assert main(["train", "vae", "--net", "conv", "--hidden", "64", "--steps", "2", "--out", str(tmp_path / "bad"), *common]) == 1
-    assert "model.hidden" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+    assert main(["train", "vae", "--channels", "4,8", "--steps", "2", "--out", str(tmp_path / "bad"), *common]) == 1
+    assert "model.channels" in capsys.readouterr().err and not (tmp_path / "bad").exists()

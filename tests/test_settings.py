@@ -205,3 +205,20 @@ def test_active_units_counts_dimensions_whose_posterior_mean_varies():
     assert int((variances["z"] > 0.01).sum()) == 1 and int((variances["u"] > 0.01).sum()) == 0
     z = variances["z"]
     assert z[0] == pytest.approx(9, rel=0.1) and z[1] < 0.01 and z[2] == 0
+
+
+def test_free_bits_apply_per_latent_group():
+    """Two groups with per-dimension KL and one without: each is clamped on its own."""
+    b = 4
+    zeros = torch.zeros(1, b)
+    a_dims = torch.tensor([[0.1, 2.0]] * b)  # block sums with size 1: 0.1 -> 0.5, 2.0 stays
+    c_dims = torch.tensor([[0.2, 0.2, 0.2]] * b)
+    terms = Terms(zeros - 50, {"a": LatentGroup(zeros, zeros, a_dims.sum(-1), a_dims),
+                               "c": LatentGroup(zeros, zeros, c_dims.sum(-1), c_dims),
+                               "label": LatentGroup(zeros, zeros + 0.3, None)})  # MC KL 0.3, no dimensions
+    assert objectives.free_bits_kl(terms, 0.5, group_size=1).item() == pytest.approx((0.5 + 2.0) + 3 * 0.5 + 0.5)
+    assert objectives.free_bits_kl(terms, 0.5, group_size=2).item() == pytest.approx(2.1 + (0.5 + 0.5) + 0.5)
+    assert objectives.free_bits_kl(terms, 0.5, group_size=0).item() == pytest.approx(2.1 + 0.6 + 0.5)
+    out = objectives.loss(terms)
+    assert out.kl.item() == pytest.approx(2.1 + 0.6 + 0.3)
+    assert {k: round(v.item(), 4) for k, v in out.extras.items()} == {"kl_a": 2.1, "kl_c": 0.6, "kl_label": 0.3}

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .models.base import LatentGroup, Terms
+from .models.base import LatentGroup, Terms, total
 
 
 def expectation(terms: Terms, values: torch.Tensor) -> torch.Tensor:
@@ -34,7 +34,7 @@ def group_kl(terms: Terms, group: LatentGroup) -> torch.Tensor:
 
 def kl_term(terms: Terms) -> torch.Tensor:
     """The KL of all latent groups per input, (B,)."""
-    return sum(group_kl(terms, group) for group in terms.latents.values())
+    return total(group_kl(terms, group) for group in terms.latents.values())
 
 
 def reconstruction_term(terms: Terms) -> torch.Tensor:
@@ -74,14 +74,14 @@ def free_bits_kl(terms: Terms, free_bits: float, group_size: int = 1) -> torch.T
     posterior and prior that do not factorise) is one block; models refuse settings where that would
     not be what the user asked for. A block whose batch-mean KL is below `free_bits` nats costs the
     constant lambda, so the objective stops pushing it towards the prior."""
-    total = 0.0
+    cost = 0.0
     for group in terms.latents.values():
         if group_size == 0 or group.kl_dims is None:
-            total = total + torch.clamp(group_kl(terms, group).mean(), min=free_bits)
+            cost = cost + torch.clamp(group_kl(terms, group).mean(), min=free_bits)
             continue
         blocks = group.kl_dims.mean(0).split(group_size)
-        total = total + torch.stack([torch.clamp(block.sum(), min=free_bits) for block in blocks]).sum()
-    return total
+        cost = cost + torch.stack([torch.clamp(block.sum(), min=free_bits) for block in blocks]).sum()
+    return cost
 
 
 @dataclass
@@ -106,7 +106,7 @@ def loss(terms: Terms, kind: str = "elbo", beta: float = 1.0, free_bits: float =
     kind="iwae": -log (1/k) sum_i p(x|z_i) (p(z_i)/q(z_i|x))^beta (Burda et al.; beta = 1 is the IWAE).
     The logged nelbo / kl / rec are always the true ELBO terms (beta = 1, no free bits)."""
     kls = {name: group_kl(terms, group).mean() for name, group in terms.latents.items()}
-    kl = sum(kls.values())
+    kl = total(kls.values())
     rec = reconstruction_term(terms).mean()
     if kind == "elbo":
         kl_cost = free_bits_kl(terms, free_bits, free_bits_group) if free_bits > 0 else kl

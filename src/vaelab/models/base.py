@@ -49,7 +49,8 @@ class ModelConfig:
     net: str = "mlp"
     """Encoder and decoder networks: mlp (fully connected, `hidden`) or conv (stride-2 convolutions, `channels`)."""
     hidden: tuple[int, ...] = (300, 300)
-    """Hidden layer widths of the MLPs when net = mlp ("v1": 300, 300)."""
+    """Hidden layer widths of the MLPs ("v1": 300, 300); with net = conv, of the fully connected layers
+    between the feature maps and the code."""
     channels: tuple[int, ...] = (32, 64)
     """Channels of the stride-2 convolutions when net = conv (encoder order; the decoder mirrors them)."""
     activation: str = "elu"
@@ -155,12 +156,21 @@ class Terms:
     @property
     def log_pz(self) -> torch.Tensor:
         """log p of all latent groups at each point, (P, B)."""
-        return sum(group.log_p for group in self.latents.values())
+        return total(group.log_p for group in self.latents.values())
 
     @property
     def log_qz(self) -> torch.Tensor:
         """log q of all latent groups at each point, (P, B)."""
-        return sum(group.log_q for group in self.latents.values())
+        return total(group.log_q for group in self.latents.values())
+
+
+def total(tensors) -> torch.Tensor:
+    """The sum of one or more tensors, without the extra pass `sum()` makes by starting from 0."""
+    tensors = iter(tensors)
+    result = next(tensors)
+    for t in tensors:
+        result = result + t
+    return result
 
 
 class Model(nn.Module):

@@ -15,11 +15,12 @@ NETS = ("mlp", "conv")
 
 def build_encoder(net: str, image_shape: tuple[int, ...], out_features: int, *, hidden: tuple[int, ...],
                   channels: tuple[int, ...], activation: str, context_features: int = 0) -> nn.Module:
-    """The encoder of kind `net` (mlp: `hidden` widths; conv: `channels` per stride-2 layer)."""
+    """The encoder of kind `net` (mlp: `hidden` widths; conv: `channels` per stride-2 layer, then `hidden`
+    fully connected widths)."""
     if net == "mlp":
         return MLPEncoder(image_shape, out_features, hidden, activation, context_features)
     if net == "conv":
-        return ConvEncoder(image_shape, out_features, channels, activation, context_features)
+        return ConvEncoder(image_shape, out_features, channels, activation, context_features, hidden)
     raise ValueError(f"unknown net {net!r} (choose from {', '.join(NETS)})")
 
 
@@ -29,7 +30,7 @@ def build_decoder(net: str, in_features: int, image_shape: tuple[int, ...], *, h
     if net == "mlp":
         return MLPDecoder(in_features, image_shape, hidden, activation)
     if net == "conv":
-        return ConvDecoder(in_features, image_shape, channels, activation)
+        return ConvDecoder(in_features, image_shape, channels, activation, hidden)
     raise ValueError(f"unknown net {net!r} (choose from {', '.join(NETS)})")
 
 

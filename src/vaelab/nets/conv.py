@@ -1,10 +1,11 @@
 """Convolutional encoder and decoder for images of shape (H, W) or (C, H, W).
 
 Encoder: per entry of `channels` a 4x4 convolution with stride 2 (halving height and width) and the
-activation, then the flattened feature map (with the context vector, if any) through one linear layer.
-Decoder: the mirror image: a linear layer to the smallest feature map, then 4x4 transposed
-convolutions with stride 2 back to (C, H, W). With channels (32, 64) on 28 x 28 MNIST the feature
-maps are 14 x 14 x 32 and 7 x 7 x 64 (the layout of the DCGAN-style VAEs common in the literature).
+activation, then the flattened feature map (with the context vector, if any) through fully connected
+layers of `hidden` widths to the output. Decoder: the mirror image: fully connected layers of `hidden`
+widths to the smallest feature map, then 4x4 transposed convolutions with stride 2 back to (C, H, W).
+With channels (32, 64) on 28 x 28 MNIST the feature maps are 14 x 14 x 32 and 7 x 7 x 64; hidden = ()
+leaves one linear layer between features and code (the DCGAN-style VAEs of the literature).
 Height and width must be divisible by 2^len(channels).
 
 Weights and feature maps are kept channels-last (NHWC): on the CPU the oneDNN convolutions run
@@ -19,7 +20,7 @@ import math
 import torch
 from torch import nn
 
-from .mlp import ACTIVATIONS
+from .mlp import ACTIVATIONS, mlp
 
 
 def channels_and_size(image_shape: tuple[int, ...]) -> tuple[int, int, int]:
@@ -47,7 +48,7 @@ class ConvEncoder(nn.Module):
     flattened features before the linear head, so the convolutions run once per image."""
 
     def __init__(self, image_shape: tuple[int, ...], out_features: int, channels: tuple[int, ...] = (32, 64),
-                 activation: str = "elu", context_features: int = 0):
+                 activation: str = "elu", context_features: int = 0, hidden: tuple[int, ...] = ()):
         super().__init__()
         check_shape(image_shape, channels)
         c, h, w = channels_and_size(image_shape)
@@ -58,7 +59,7 @@ class ConvEncoder(nn.Module):
             width = size
         self.features = nn.Sequential(*layers)
         self.feature_dim = width * (h >> len(channels)) * (w >> len(channels))
-        self.head = nn.Linear(self.feature_dim + context_features, out_features)
+        self.head = mlp(self.feature_dim + context_features, hidden, out_features, activation)
         self.features.to(memory_format=torch.channels_last)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
@@ -73,14 +74,14 @@ class ConvDecoder(nn.Module):
     """A code (..., in_features) -> (..., C*H*W), the likelihood's parameters per pixel."""
 
     def __init__(self, in_features: int, image_shape: tuple[int, ...], channels: tuple[int, ...] = (32, 64),
-                 activation: str = "elu"):
+                 activation: str = "elu", hidden: tuple[int, ...] = ()):
         super().__init__()
         check_shape(image_shape, channels)
         c, h, w = channels_and_size(image_shape)
         self.out_dim = c * h * w
         self.start = (channels[-1], h >> len(channels), w >> len(channels))
         act = ACTIVATIONS[activation]
-        self.project = nn.Sequential(nn.Linear(in_features, math.prod(self.start)), act())
+        self.project = nn.Sequential(*mlp(in_features, hidden, math.prod(self.start), activation), act())
         layers, widths = [], [*reversed(channels), c]
         for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
             layers.append(nn.ConvTranspose2d(a, b, 4, stride=2, padding=1))
@@ -88,8 +89,8 @@ class ConvDecoder(nn.Module):
                 layers.append(act())
         self.deconv = nn.Sequential(*layers).to(memory_format=torch.channels_last)
         # The largest per-sample activation (a feature map): evaluation sizes its chunks by it.
-        self.activation_elements = max(widths[i] * (h >> (len(channels) - i)) * (w >> (len(channels) - i))
-                                       for i in range(len(widths)))
+        self.activation_elements = max(*hidden, *(widths[i] * (h >> (len(channels) - i)) * (w >> (len(channels) - i))
+                                                  for i in range(len(widths))))
 
     def forward(self, code: torch.Tensor) -> torch.Tensor:
         flat, lead = _flat_batch(code, 1)

@@ -269,9 +269,8 @@ def validate(cfg: RunConfig) -> None:
         (m.net in NETS, "model.net", f"must be one of {', '.join(NETS)}"),
         (m.net in spec.nets, "model.net", f"model {m.name!r} supports {', '.join(spec.nets)}"),
         (all(h >= 1 for h in m.hidden), "model.hidden", "widths must be >= 1"),
-        (m.net == "mlp" or tuple(m.hidden) == _model_default(m, "hidden"), "model.hidden", "applies to net = mlp only; with net = conv set model.channels"),
         (len(m.channels) >= 1 and all(c >= 1 for c in m.channels), "model.channels", "must be one or more widths >= 1"),
-        (m.net == "conv" or tuple(m.channels) == _model_default(m, "channels"), "model.channels", "applies to net = conv only; with net = mlp set model.hidden"),
+        (m.net == "conv" or tuple(m.channels) == _model_default(m, "channels"), "model.channels", "applies to net = conv only"),
         (m.net != "conv" or _conv_shape_ok(m), "model.net", f"conv needs images (H, W) or (C, H, W) whose sides divide by "
                                                              f"2^{len(m.channels)} (model.channels has {len(m.channels)} entries)"),
         (m.activation in ACTIVATIONS, "model.activation", f"must be one of {', '.join(ACTIVATIONS)}"),
