@@ -143,6 +143,7 @@ def _train(cfg: RunConfig, run_dir: Path, progress: bool, resume: bool, ctx: dis
         distributed.check_divisible(ctx, len(batches.labelled), "the labelled subset")
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
+        origin["threads"] = torch.get_num_threads()  # provenance read torch's default before this
     if cfg.train.compile:
         check_compile_toolchain(device)
     model = build_model(cfg.model).to(device)
