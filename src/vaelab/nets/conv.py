@@ -8,9 +8,9 @@ With channels (32, 64) on 28 x 28 MNIST the feature maps are 14 x 14 x 32 and 7 
 leaves one linear layer between features and code (the DCGAN-style VAEs of the literature).
 Height and width must be divisible by 2^len(channels).
 
-Weights and feature maps are kept channels-last (NHWC): on the CPU the oneDNN convolutions run
-about 1.9x faster for training steps and 1.4x for decoding than in the default layout (measured on 2 cores;
-docs/architecture.md), and CUDA's tensor-core kernels prefer it too.
+Weights and feature maps are kept channels-last (NHWC): on the CPU the oneDNN convolutions decode
+1.7x faster than in the default layout and train 1.07x faster (bench/conv_layout.py on 2 cores,
+docs/performance.md), and CUDA's tensor-core kernels prefer it too.
 """
 
 from __future__ import annotations
