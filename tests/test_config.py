@@ -38,6 +38,7 @@ def test_set_key_converts_types():
         ("objective.beta", "x", "objective.beta"),
         ("model.hidden", "3,a", "model.hidden"),
         ("data.download", "maybe", "data.download"),
+        ("train.steps", "1e400", "train.steps: cannot read"),  # an overflow, not a traceback
     ],
 )
 def test_bad_overrides_are_errors_naming_the_key(key, value, message):
@@ -54,7 +55,8 @@ def test_parse_override_requires_equals():
 @pytest.mark.parametrize(
     "key, value",
     [("model.z_dim", "0"), ("train.steps", "-1"), ("train.batch_size", "0"), ("train.lr", "0"),
-     ("objective.beta", "-0.5"), ("objective.k", "0"), ("objective.kind", "mse"), ("model.hidden", "300,0")],
+     ("objective.beta", "-0.5"), ("objective.k", "0"), ("objective.kind", "mse"), ("model.hidden", "300,0"),
+     ("train.seed", str(2**64))],
 )
 def test_out_of_range_settings_are_refused_by_name(key, value):
     cfg = RunConfig()
@@ -81,3 +83,22 @@ def test_json_roundtrip(tmp_path):
     set_key(cfg, "model.hidden", "64,32")
     save_json(cfg, tmp_path / "c.json")
     assert load_json(tmp_path / "c.json") == cfg
+
+
+@pytest.mark.parametrize("key, value", [("model.hidden", "1000000,1000000"), ("model.hidden", "1000000000"),
+                                        ("model.z_dim", "100000000"), ("model.prior_components", "1000000000")])
+def test_models_too_large_to_build_are_refused_before_anything_is_allocated(key, value):
+    cfg = RunConfig()
+    if key == "model.prior_components":
+        set_key(cfg, "model.prior", "mog")
+    set_key(cfg, key, value)
+    with pytest.raises(ConfigError, match="parameters, over the limit"):
+        validate(cfg)
+
+
+@pytest.mark.parametrize("text", ["[1, 2]", "[" * 100_000 + "]" * 100_000, '{"model": [1]}', "3"])
+def test_config_json_that_is_not_sections_of_settings_is_one_error(tmp_path, text):
+    path = tmp_path / "config.json"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match="config.json"):
+        load_json(path)

@@ -275,3 +275,13 @@ def test_a_model_defined_in_a_test_trains_evaluates_samples_and_plots(toy_regist
         assert main(["train", "vae", "--set", "model.name=toy", "--steps", "5", "--out", str(out), *flag, *base]) == 1
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and key in err[0] and not out.exists()
+
+
+@pytest.mark.parametrize("key, value", [("z_dim", -5), ("activation", "swish"), ("hidden", [1000000, 1000000])])
+def test_eval_and_sample_validate_the_run_config(tmp_path, key, value):
+    """A run directory's config.json is checked like a new one before any model is built from it."""
+    cfg = RunConfig().to_dict()
+    cfg["model"][key] = value
+    (tmp_path / runs.CONFIG_FILE).write_text(json.dumps(cfg))
+    with pytest.raises(RunDirError, match=f"config.json: .*model"):
+        runs.load_run(tmp_path)

@@ -187,3 +187,41 @@ def test_lazy_densities_are_computed_once_and_only_when_a_loss_reads_them():
     assert terms.log_pz.shape == terms.log_qz.shape == (4, 8)
     torch.testing.assert_close(terms.log_qz, q.log_prob(z))
     torch.testing.assert_close(terms.log_pz, model.prior().log_prob(z))
+
+
+def test_iwae_streams_chunks_into_a_running_logsumexp_per_repeat():
+    """Chunks of draws that straddle repeats are folded into each repeat's running logsumexp: the result
+    equals one logsumexp over all of a repeat's log-weights, while no call sees more than one chunk."""
+
+    class Recorded(torch.nn.Module):
+        """Log-weights drawn at random, kept so the whole set can be combined at once afterwards."""
+
+        spec, elements_per_sample = build_model(model_config(x_dim=4)).spec, 4
+
+        def __init__(self):
+            super().__init__()
+            self.calls, self.draws = [], []
+
+        def forward(self, batch, k):
+            log_w = torch.randn(k, batch["x"].shape[0], dtype=torch.float64) * 5 - 100
+            self.calls.append((k, batch["x"].shape[0]))
+            self.draws.append(log_w)
+            return Terms.one_group(log_w, torch.zeros_like(log_w), torch.zeros_like(log_w))
+
+    x = torch.zeros(3, 4)
+    for m, repeats, budget in [(7, 5, 4 * 3 * 4), (10, 3, 4 * 3 * 10), (1, 9, 4 * 3 * 2), (50, 2, 4 * 3 * 50 * 2)]:
+        model = Recorded()
+        bound = iwae_per_image(model, x, m, repeats, budget)
+        assert max(k * b for k, b in model.calls) * 4 <= budget
+        # Draws come image chunk by image chunk; within one, repeat after repeat.
+        expected, at = [], 0
+        while at < len(model.draws):
+            images, drawn = model.calls[at][1], 0
+            chunk = []
+            while drawn < m * repeats:
+                chunk.append(model.draws[at])
+                drawn += model.calls[at][0]
+                at += 1
+            log_w = torch.cat(chunk).view(repeats, m, images)
+            expected.append((torch.logsumexp(log_w, 1) - math.log(m)).mean(0))
+        torch.testing.assert_close(bound, torch.cat(expected))

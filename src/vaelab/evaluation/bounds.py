@@ -66,7 +66,8 @@ def elbo_terms(model, x: torch.Tensor, repeats: int, budget: int = DEFAULT_BUDGE
 def iwae_per_image(model, x: torch.Tensor, m: int, repeats: int = 1, budget: int = DEFAULT_BUDGET,
                    y: torch.Tensor | None = None) -> torch.Tensor:
     """The IWAE-m bound log (1/m) sum_i w_i for each image, averaged over `repeats` independent
-    estimates; shape (n,). Draws are taken in chunks and their log-weights combined by logsumexp.
+    estimates; shape (n,). Draws are taken in chunks of at most `budget` elements and folded into a
+    running logsumexp per (repeat, image), so memory stays bounded whatever m is.
     With labels `y` (models conditioned on a label) it bounds log p(x | y)."""
     n = x.shape[0]
     total = m * repeats
@@ -74,9 +75,21 @@ def iwae_per_image(model, x: torch.Tensor, m: int, repeats: int = 1, budget: int
     bounds = []
     for i in range(0, n, images):
         batch = model_batch(model, *_chunk(x, y, i, images))
-        # Points are draw-major within a chunk and chunks follow each other, so the rows of log_w are
-        # in draw order and split evenly into the repeats.
-        log_w = torch.cat([objectives.log_weights(model(batch, min(samples, total - done))) for done in range(0, total, samples)])
-        log_w = log_w.view(repeats, -1, batch["x"].shape[0])
-        bounds.append((torch.logsumexp(log_w, dim=1) - math.log(m)).mean(0))
+        running = None  # (repeats, B), the running logsumexp of each repeat's log-weights
+        for done in range(0, total, samples):
+            draws = min(samples, total - done)
+            # Points are draw-major: (draws * values, B) -> one log-sum per draw, (draws, B).
+            log_w = objectives.log_weights(model(batch, draws))
+            per_draw = torch.logsumexp(log_w.view(draws, -1, log_w.shape[-1]), dim=1)
+            if running is None:
+                running = per_draw.new_full((repeats, per_draw.shape[-1]), -math.inf)
+            # The chunk's draws are consecutive, so they cover consecutive repeats.
+            start = done
+            while start < done + draws:
+                r = start // m
+                stop = min(done + draws, (r + 1) * m)
+                part = torch.logsumexp(per_draw[start - done : stop - done], dim=0)
+                running[r] = torch.logaddexp(running[r], part)
+                start = stop
+        bounds.append((running - math.log(m)).mean(0))
     return torch.cat(bounds)

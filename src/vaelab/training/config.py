@@ -15,9 +15,11 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
 from ..distributions import LIKELIHOODS
 from ..errors import ConfigError
-from ..models import MODELS, ModelConfig, model_class
+from ..models import MODELS, ModelConfig, build_model, model_class
 from ..nets import ACTIVATIONS, NETS, check_shape
 
 if sys.version_info >= (3, 11):
@@ -149,7 +151,7 @@ def _coerce(value, tp, key: str):
             if not isinstance(value, str):
                 raise ValueError
             return value
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise ConfigError(f"{key}: cannot read {value!r} as {getattr(tp, '__name__', tp)}") from None
     raise ConfigError(f"{key}: unsupported type {tp}")
 
@@ -298,7 +300,7 @@ def validate(cfg: RunConfig) -> None:
         (cfg.train.steps >= 1, "train.steps", "must be >= 1"),
         (cfg.train.batch_size >= 1, "train.batch_size", "must be >= 1"),
         (cfg.train.lr > 0, "train.lr", "must be > 0"),
-        (cfg.train.seed >= 0, "train.seed", "must be >= 0"),
+        (0 <= cfg.train.seed < 2**64, "train.seed", "must be in 0 .. 2^64 - 1"),
         (cfg.train.log_every >= 1, "train.log_every", "must be >= 1"),
         (cfg.train.checkpoint_every >= 1, "train.checkpoint_every", "must be >= 1"),
         (cfg.train.keep_checkpoints >= 1, "train.keep_checkpoints", "must be >= 1"),
@@ -310,6 +312,20 @@ def validate(cfg: RunConfig) -> None:
     for ok, key, why in checks:
         if not ok:
             raise ConfigError(f"{key}: {why} (got {_get(cfg, key)!r})")
+    parameters = count_parameters(m)
+    if parameters > MAX_PARAMETERS:
+        raise ConfigError(f"model: these settings make {parameters:.3g} parameters, over the limit of {MAX_PARAMETERS:.0e} "
+                          f"(4 GB of float32); reduce model.hidden, model.channels, model.z_dim or model.prior_components")
+
+
+# The largest model vaelab builds: 1e9 float32 parameters are 4 GB before Adam's two copies.
+MAX_PARAMETERS = 10**9
+
+
+def count_parameters(m: ModelConfig) -> int:
+    """The model's parameter count, from a build on the meta device (shapes only, nothing allocated)."""
+    with torch.device("meta"):
+        return sum(p.numel() for p in build_model(m).parameters())
 
 
 def _model_default(m: ModelConfig, name: str):
@@ -344,6 +360,8 @@ def load_json(path: Path) -> RunConfig:
         raise ConfigError(f"{path}: not found") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: not valid JSON ({exc})") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: not a vaelab config (nested too deeply to read)") from None
     return RunConfig.from_dict(migrate_legacy(data), source=str(path))
 
 
