@@ -187,3 +187,37 @@ def test_two_process_data_parallel_matches_one_process(tiny_data, tmp_path):
     assert sorted(p.name for p in (tmp_path / "two" / "checkpoints").iterdir()) == ["step-0000030.safetensors", "step-0000060.safetensors"]
     # The averaged gradients really reach rank 0's weights: they moved, and both runs ended finite.
     assert all(torch.isfinite(w).all() for w in _weights(tmp_path / "two").values())
+
+
+def test_a_run_directory_in_use_is_refused(uninterrupted, tiny_data, tmp_path, capsys):
+    """One process trains into a run directory at a time: a resume while another process holds it is
+    one line naming the folder, and nothing in it changes."""
+    import shutil
+
+    from vaelab.training.runs import RunLock
+
+    run = tmp_path / "run"
+    shutil.copytree(uninterrupted, run)
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file() and p.name != ".lock"}
+    held = RunLock(run)  # a second open file description: flock conflicts within one process too
+    try:
+        assert main(["train", "--resume", str(run), "--steps", "140", "--no-progress"]) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "in use by another vaelab process" in err[0] and str(os.getpid()) in err[0]
+        assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file() and p.name != ".lock"} == before
+    finally:
+        held.release()
+    assert main(["train", "--resume", str(run), "--steps", "140", "--no-progress"]) == 0  # released: resumable
+
+
+def test_two_trainings_into_one_new_run_directory_one_wins(tiny_data, tmp_path):
+    run = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    command = [sys.executable, "-m", "vaelab", "train", "vae", *TRAIN, "--data-dir", str(tiny_data), "--out", str(run)]
+    procs = [subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for _ in range(2)]
+    results = [(proc.wait(timeout=300), proc.stderr.read().decode()) for proc in procs]
+    assert sorted(code for code, _ in results) == [0, 1], results
+    loser = next(err for code, err in results if code == 1).strip().splitlines()
+    assert len(loser) == 1 and ("in use by another vaelab process" in loser[0] or "not empty" in loser[0])
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(set(steps)) and steps[-1] == 120  # one run's log, not two interleaved

@@ -122,13 +122,17 @@ def train(cfg: RunConfig, run_dir: str | Path, progress: bool = True, resume: bo
     run_dir = Path(run_dir)
     validate(cfg)
     ctx = distributed.setup(resolve_device(cfg.train.device))
+    locks: list[runs.RunLock] = []
     try:
-        return _train(cfg, run_dir, progress, resume, ctx)
+        return _train(cfg, run_dir, progress, resume, ctx, locks)
     finally:
+        for lock in locks:
+            lock.release()
         distributed.teardown(ctx)
 
 
-def _train(cfg: RunConfig, run_dir: Path, progress: bool, resume: bool, ctx: distributed.Context) -> dict:
+def _train(cfg: RunConfig, run_dir: Path, progress: bool, resume: bool, ctx: distributed.Context,
+           locks: list) -> dict:
     device, main = ctx.device, ctx.is_main
     origin = runs.provenance()  # before any step: the commit of the code this process runs
     distributed.check_divisible(ctx, cfg.train.batch_size)
@@ -154,6 +158,8 @@ def _train(cfg: RunConfig, run_dir: Path, progress: bool, resume: bool, ctx: dis
                                  find_unused=not model.trains_every_parameter)
     names, sums, since_log, done, elapsed_before, skipped, bad_in_row = None, None, 0, 0, 0.0, 0, 0
     if resume:
+        if main:  # before anything in the run directory is read or changed
+            locks.append(runs.RunLock(run_dir, "--resume"))
         done, names, sums, since_log, elapsed_before, skipped = _restore(run_dir, model, optimizer, batches, device)
         if done >= cfg.train.steps:
             raise RunDirError(f"--resume: {run_dir} already finished {done} of {cfg.train.steps} steps; pass --steps N to train longer")
@@ -164,6 +170,7 @@ def _train(cfg: RunConfig, run_dir: Path, progress: bool, resume: bool, ctx: dis
         if main:
             try:
                 prepare_run_dir(run_dir)
+                locks.append(runs.RunLock(run_dir))  # a second process that also found the folder empty stops here
             except RunDirError as exc:
                 error = exc
         if not ctx.all_true(error is None):  # every process stops, not only rank 0

@@ -37,6 +37,37 @@ SUMMARY_FILE = "summary.json"
 TENSORBOARD_DIR = "tensorboard"
 
 
+LOCK_FILE = ".lock"
+
+
+class RunLock:
+    """An exclusive lock on a run directory, held by the process that trains into it: flock on
+    RUN_DIR/.lock, which the operating system releases when the process ends however it ends (kill -9
+    included), so a stale lock never blocks a resume. A second process asking for it gets a RunDirError."""
+
+    def __init__(self, run_dir: Path, option: str = "--out"):
+        import fcntl
+
+        path = Path(run_dir) / LOCK_FILE
+        self._file = open(path, "a+")
+        try:
+            fcntl.flock(self._file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._file.seek(0)
+            holder = self._file.read().strip() or "unknown"
+            self._file.close()
+            raise RunDirError(f"{option}: {run_dir} is in use by another vaelab process (pid {holder}); wait for it to "
+                              f"finish or choose another run directory") from None
+        self._file.seek(0)
+        self._file.truncate()
+        self._file.write(str(os.getpid()))
+        self._file.flush()
+
+    def release(self) -> None:
+        if not self._file.closed:
+            self._file.close()  # closing the descriptor drops the flock
+
+
 def atomic_write_bytes(path: Path, write) -> None:
     """Call write(tmp_path) then rename over `path`, so a crash never leaves a half-written file."""
     path = Path(path)
