@@ -221,3 +221,31 @@ def test_two_trainings_into_one_new_run_directory_one_wins(tiny_data, tmp_path):
     assert len(loser) == 1 and ("in use by another vaelab process" in loser[0] or "not empty" in loser[0])
     steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert steps == sorted(set(steps)) and steps[-1] == 120  # one run's log, not two interleaved
+
+
+def test_resume_finishes_a_run_killed_after_its_last_checkpoint(uninterrupted, tmp_path, capsys):
+    """Killed after the final checkpoint, before model.safetensors, mid-append of a metrics line and with
+    an atomic write's temporary file left behind: resume finishes the run instead of calling it done."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(uninterrupted, run)
+    for name in ("model.safetensors", "summary.json"):
+        (run / name).unlink()
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write('{"step": 121, "loss": 9')  # cut short: no newline
+    stale = run / "checkpoints" / ".step-0000120.safetensors.abc123.tmp"
+    stale.write_bytes(b"half a checkpoint")
+    assert main(["train", "--resume", str(run), "--no-progress"]) == 0
+    a, b = _weights(uninterrupted), _weights(run)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not stale.exists()
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    assert lines == (uninterrupted / "metrics.jsonl").read_text().splitlines()
+    assert json.loads((run / "summary.json").read_text())["final"]["nelbo"] > 0
+    capsys.readouterr()
+    (run / "metrics.jsonl").write_text('{"step": 7}\nnot json\n{"step": 14}\n')  # damage inside the file is refused
+    (run / "model.safetensors").unlink()
+    assert main(["train", "--resume", str(run), "--no-progress"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "metrics.jsonl: line 2 is not JSON" in err[0]

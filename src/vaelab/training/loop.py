@@ -160,8 +160,13 @@ def _train(cfg: RunConfig, run_dir: Path, progress: bool, resume: bool, ctx: dis
     if resume:
         if main:  # before anything in the run directory is read or changed
             locks.append(runs.RunLock(run_dir, "--resume"))
+        if main:
+            runs.remove_stale_temporaries(run_dir)
         done, names, sums, since_log, elapsed_before, skipped = _restore(run_dir, model, optimizer, batches, device)
-        if done >= cfg.train.steps:
+        # A run killed after its final checkpoint but before its weights is finished below, not refused.
+        if done > cfg.train.steps:
+            raise RunDirError(f"--resume: {run_dir} is at step {done}, past --steps {cfg.train.steps}")
+        if done >= cfg.train.steps and (run_dir / runs.WEIGHTS_FILE).is_file():
             raise RunDirError(f"--resume: {run_dir} already finished {done} of {cfg.train.steps} steps; pass --steps N to train longer")
         if main:
             runs.truncate_jsonl(run_dir / runs.METRICS_FILE, done)
@@ -196,7 +201,8 @@ def _train(cfg: RunConfig, run_dir: Path, progress: bool, resume: bool, ctx: dis
     start = time.perf_counter()
     bar = tqdm(total=cfg.train.steps, initial=done, disable=not (progress and main), dynamic_ncols=True, mininterval=0.5,
                desc=f"train {cfg.model.name}")
-    record: dict = {}
+    logged = runs.read_jsonl(metrics_path) if resume and main else []
+    record: dict = logged[-1] if logged else {}  # the last logged means, for the summary of a run with nothing left to do
     parameters = list(model.parameters())  # once: walking the module tree costs ~0.1 ms a step
     model.train()
     for step in range(done + 1, cfg.train.steps + 1):

@@ -200,9 +200,37 @@ def append_jsonl(path: Path, record: dict) -> None:
 
 
 def read_jsonl(path: Path) -> list[dict]:
-    if not Path(path).is_file():
+    """The records of a JSON-lines file. A last line cut short (a crash or a full disk mid-append, so
+    no newline ends it) is dropped; any other line that is not a JSON object is a RunDirError."""
+    path = Path(path)
+    if not path.is_file():
         return []
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError:
+        raise RunDirError(f"{path}: not a text file of JSON lines") from None
+    lines = text.split("\n")
+    records = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            if number == len(lines):  # the unterminated last line: an append that did not finish
+                break
+            raise RunDirError(f"{path}: line {number} is not JSON") from None
+        if not isinstance(record, dict):
+            raise RunDirError(f"{path}: line {number} is not a JSON object")
+        records.append(record)
+    return records
+
+
+def remove_stale_temporaries(run_dir: Path) -> None:
+    """Delete the temporary files of atomic writes that a killed process left behind (.NAME.XXXX.tmp)."""
+    for folder in (Path(run_dir), Path(run_dir) / CHECKPOINT_DIR):
+        for tmp in folder.glob(".*.tmp"):
+            tmp.unlink(missing_ok=True)
 
 
 @functools.cache
