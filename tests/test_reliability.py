@@ -249,3 +249,30 @@ def test_resume_finishes_a_run_killed_after_its_last_checkpoint(uninterrupted, t
     assert main(["train", "--resume", str(run), "--no-progress"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "metrics.jsonl: line 2 is not JSON" in err[0]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_sigterm_and_sigint_write_a_checkpoint_and_resume_to_identical_weights(uninterrupted, tiny_data, tmp_path, signum):
+    """Stopped before its first periodic checkpoint: the run writes one at the last whole step, says how
+    to resume in one line, exits 128 + signal, and the resumed run ends with the uninterrupted weights."""
+    run = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    at = TRAIN.index("--checkpoint-every") + 1
+    args = [*TRAIN[:at], "1000", *TRAIN[at + 1 :]]  # no periodic checkpoint
+    proc = subprocess.Popen([sys.executable, "-m", "vaelab", "train", "vae", *args, "--data-dir", str(tiny_data), "--out", str(run)],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while not (run / "metrics.jsonl").exists() or not (run / "metrics.jsonl").read_text():
+        assert proc.poll() is None, proc.stderr.read().decode()
+        assert time.time() < deadline
+        time.sleep(0.005)
+    proc.send_signal(signum)
+    assert proc.wait(timeout=60) == 128 + signum
+    err = proc.stderr.read().decode().strip().splitlines()
+    assert len(err) == 1 and "checkpoint written" in err[0] and f"--resume {run}" in err[0], err
+    if (run / "model.safetensors").exists():
+        pytest.skip("the run finished before the signal arrived")
+    assert list((run / "checkpoints").glob("step-*.safetensors"))
+    assert main(["train", "--resume", str(run), "--no-progress"]) == 0
+    a, b = _weights(uninterrupted), _weights(run)
+    assert all(torch.equal(a[k], b[k]) for k in a)

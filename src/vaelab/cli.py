@@ -16,7 +16,7 @@ import torch
 
 from . import __version__
 from .distributions import LIKELIHOODS, POSTERIORS, PRIORS
-from .errors import VaelabError
+from .errors import TrainingInterrupted, VaelabError
 from .evaluation import DEFAULT_BUDGET
 from .nets import NETS
 from .training.config import list_presets, load_preset, parse_override, set_key
@@ -359,6 +359,9 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         return COMMANDS[args.command](args)
+    except TrainingInterrupted as exc:
+        print(f"vaelab {args.command}: interrupted by {exc}", file=sys.stderr)
+        return exc.exit_code
     except VaelabError as exc:
         print(f"vaelab {args.command}: error: {exc}", file=sys.stderr)
         return 1

@@ -19,3 +19,11 @@ class RunDirError(VaelabError):
 
 class TrainingDiverged(VaelabError):
     """Too many consecutive steps had a non-finite loss or gradient."""
+
+
+class TrainingInterrupted(VaelabError):
+    """SIGINT or SIGTERM stopped training between two steps, after a checkpoint was written."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.exit_code = 128 + signum  # the shell's convention: 130 for SIGINT, 143 for SIGTERM

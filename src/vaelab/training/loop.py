@@ -7,6 +7,8 @@ indices and draws a fresh Bernoulli binarization there. No per-item Python runs 
 from __future__ import annotations
 
 import json
+import signal
+import threading
 import time
 from pathlib import Path
 
@@ -16,7 +18,7 @@ from tqdm.auto import tqdm
 from .. import data as data_mod
 from .. import objectives
 from ..devices import check_compile_toolchain, resolve_device
-from ..errors import RunDirError, TrainingDiverged
+from ..errors import RunDirError, TrainingDiverged, TrainingInterrupted
 from ..distributions import BINARY_LIKELIHOODS
 from ..models import build_model, model_class
 from . import distributed, runs
@@ -112,6 +114,33 @@ def _restore(run_dir: Path, model, optimizer, batches: Batches, device: torch.de
             int(metadata.get("skipped_steps", 0)))
 
 
+class StopRequest:
+    """SIGINT and SIGTERM while training set a flag instead of killing the step half-way; the loop looks
+    at it between steps, writes a checkpoint and stops (TrainingInterrupted). Handlers are installed
+    only in the main thread (Python allows no other) and restored when training ends. Under torchrun
+    the processes agree on stopping at log steps, where they already synchronise."""
+
+    def __init__(self):
+        self.signum = 0
+        self._previous = {}
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._previous[signum] = signal.signal(signum, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        self.signum = signum
+
+    def requested(self, ctx: distributed.Context, step: int, log_every: int) -> bool:
+        if not ctx.active:
+            return self.signum != 0
+        return step % log_every == 0 and not ctx.all_true(self.signum == 0)
+
+    def restore(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous = {}
+
+
 def train(cfg: RunConfig, run_dir: str | Path, progress: bool = True, resume: bool = False) -> dict:
     """Train the model described by `cfg`, writing everything into `run_dir`. Returns the summary.
 
@@ -123,16 +152,18 @@ def train(cfg: RunConfig, run_dir: str | Path, progress: bool = True, resume: bo
     validate(cfg)
     ctx = distributed.setup(resolve_device(cfg.train.device))
     locks: list[runs.RunLock] = []
+    stop = StopRequest()
     try:
-        return _train(cfg, run_dir, progress, resume, ctx, locks)
+        return _train(cfg, run_dir, progress, resume, ctx, locks, stop)
     finally:
+        stop.restore()
         for lock in locks:
             lock.release()
         distributed.teardown(ctx)
 
 
 def _train(cfg: RunConfig, run_dir: Path, progress: bool, resume: bool, ctx: distributed.Context,
-           locks: list) -> dict:
+           locks: list, stop: StopRequest) -> dict:
     device, main = ctx.device, ctx.is_main
     origin = runs.provenance()  # before any step: the commit of the code this process runs
     distributed.check_divisible(ctx, cfg.train.batch_size)
@@ -206,6 +237,14 @@ def _train(cfg: RunConfig, run_dir: Path, progress: bool, resume: bool, ctx: dis
     parameters = list(model.parameters())  # once: walking the module tree costs ~0.1 ms a step
     model.train()
     for step in range(done + 1, cfg.train.steps + 1):
+        if stop.requested(ctx, step - 1, cfg.train.log_every):
+            bar.close()
+            checkpoint(step - 1)  # the state after the last whole step: resume continues exactly from there
+            if main:
+                board.close()
+            name = signal.Signals(stop.signum).name
+            raise TrainingInterrupted(f"{name} at step {step - 1} of {cfg.train.steps}: checkpoint written; continue with "
+                                      f"vaelab train --resume {run_dir}", stop.signum)
         if cfg.train.compile and step == done + 2:  # after one eager step (distributed.compile_objective)
             distributed.compile_objective(objective)
         beta = objectives.annealed_beta(step - 1, cfg.objective.beta, cfg.objective.kl_warmup_steps)
