@@ -26,18 +26,16 @@ def plan_chunks(n_images: int, n_samples: int, per_sample: int, budget: int) -> 
     return images, samples
 
 
-def model_batch(model, x: torch.Tensor, y: torch.Tensor | None) -> dict:
-    """The batch a model's terms take at evaluation: the images, and the labels for models that
-    condition on a label for every image (their bounds are on log p(x | y))."""
+def model_batch(model, x: torch.Tensor, y: torch.Tensor | None, start: int = 0, size: int | None = None) -> dict:
+    """The batch a model's terms take at evaluation, images start .. start + size (default: all): the
+    images, and the labels for models that condition on a label for every image (their bounds are on
+    log p(x | y)); other models ignore `y`."""
+    stop = None if size is None else start + size
     if model.spec.labels == "all":
         if y is None:
             raise ValueError(f"model {model.config.name!r} needs a label for every image")
-        return {"x": x, "y": y}
-    return {"x": x}
-
-
-def _chunk(x: torch.Tensor, y: torch.Tensor | None, start: int, size: int):
-    return x[start : start + size], None if y is None else y[start : start + size]
+        return {"x": x[start:stop], "y": y[start:stop]}
+    return {"x": x[start:stop]}
 
 
 @torch.inference_mode()
@@ -48,7 +46,7 @@ def elbo_terms(model, x: torch.Tensor, repeats: int, budget: int = DEFAULT_BUDGE
     images, samples = plan_chunks(n, repeats, model.elements_per_sample, budget)
     sums: dict[str, float] = {}
     for i in range(0, n, images):
-        batch = model_batch(model, *_chunk(x, y, i, images))
+        batch = model_batch(model, x, y, i, images)
         for done in range(0, repeats, samples):
             terms = model(batch, min(samples, repeats - done))
             parts = {"rec": objectives.reconstruction_term(terms)}
@@ -74,7 +72,7 @@ def iwae_per_image(model, x: torch.Tensor, m: int, repeats: int = 1, budget: int
     images, samples = plan_chunks(n, total, model.elements_per_sample, budget)
     bounds = []
     for i in range(0, n, images):
-        batch = model_batch(model, *_chunk(x, y, i, images))
+        batch = model_batch(model, x, y, i, images)
         running = None  # (repeats, B), the running logsumexp of each repeat's log-weights
         for done in range(0, total, samples):
             draws = min(samples, total - done)

@@ -16,7 +16,7 @@ def continuous_codes(codes: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 @torch.inference_mode()
 def posterior_means(model, x: torch.Tensor, y: torch.Tensor | None = None, batch: int = 1000) -> dict[str, torch.Tensor]:
     """encode() over x in chunks: each continuous latent group's posterior mean, (n, d)."""
-    chunks = [continuous_codes(model.encode(model_batch(model, x[i : i + batch], None if y is None else y[i : i + batch])))
+    chunks = [continuous_codes(model.encode(model_batch(model, x, y, i, batch)))
               for i in range(0, x.shape[0], batch)]
     return {name: torch.cat([c[name] for c in chunks]) for name in chunks[0]}
 
@@ -33,7 +33,7 @@ def kl_per_dimension(model, x: torch.Tensor, y: torch.Tensor | None = None, batc
     Empty for a model whose posterior and prior do not factorise."""
     totals: dict[str, torch.Tensor] = {}
     for i in range(0, x.shape[0], batch):
-        terms = model(model_batch(model, x[i : i + batch], None if y is None else y[i : i + batch]), 1)
+        terms = model(model_batch(model, x, y, i, batch), 1)
         for name, group in terms.latents.items():
             if group.kl_dims is not None:
                 part = group.kl_dims.sum(0)

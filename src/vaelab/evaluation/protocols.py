@@ -56,10 +56,9 @@ def evaluate(model, test: data_mod.ImageSet, protocol: str = "cs236", iws=None, 
         check_compile_toolchain(x.device)
     # Bounds go through forward(); a compiled wrapper shares the model's parameters (and reads its spec).
     bounded = torch.compile(model) if compile else model
-    labels = y if model.spec.labels == "all" else None  # such models bound log p(x | y)
     device = x.device
     result = {"protocol": protocol, "images": int(x.shape[0]), "binarized": binary, "binarization_seed": 0 if binary else None,
-              "eval_seed": seed, "bound": "log p(x | y)" if labels is not None else "log p(x)", "compiled": compile}
+              "eval_seed": seed, "bound": "log p(x | y)" if model.spec.labels == "all" else "log p(x)", "compiled": compile}
     start = time.perf_counter()
     was_training = model.training
     model.eval()
@@ -67,7 +66,7 @@ def evaluate(model, test: data_mod.ImageSet, protocol: str = "cs236", iws=None, 
         torch.manual_seed(seed)
         if progress:
             progress(f"NELBO ({NELBO_REPEATS[protocol]} repeats)")
-        result.update(elbo_terms(bounded, x, NELBO_REPEATS[protocol], budget, labels))
+        result.update(elbo_terms(bounded, x, NELBO_REPEATS[protocol], budget, y))
         if model.spec.classifier:
             if progress:
                 progress("accuracy on all test images (not binarized)")
@@ -78,12 +77,12 @@ def evaluate(model, test: data_mod.ImageSet, protocol: str = "cs236", iws=None, 
             repeats = max(100 // m, 1) if protocol == "cs236" else 1
             if progress:
                 progress(f"IWAE-{m} ({repeats} repeats)")
-            bound = iwae_per_image(bounded, x, m, repeats, budget, labels)
+            bound = iwae_per_image(bounded, x, m, repeats, budget, y)
             result[f"niwae_{m}"] = float(-bound.mean())
             if protocol == "full":
                 result[f"niwae_{m}_sem"] = float(bound.std() / math.sqrt(len(bound)))
         if protocol == "full":
-            variances = active_units(model, x, labels)
+            variances = active_units(model, x, y)
             result["active_units"] = int(sum(int((v > ACTIVITY_THRESHOLD).sum()) for v in variances.values()))
             result["z_dim"] = int(sum(v.shape[0] for v in variances.values()))
             if len(variances) > 1:

@@ -61,6 +61,11 @@ class ModelConfig:
     decoder_variance: float = 0.1
     """Variance of the gaussian likelihood (the reference FSVAE uses 0.1); initial value for gaussian-learned."""
 
+    @property
+    def binary_pixels(self) -> bool:
+        """Whether the likelihood is over binarized pixels (then data are binarized) or continuous ones."""
+        return self.likelihood in BINARY_LIKELIHOODS
+
     def net_options(self) -> dict:
         """The keyword arguments of nets.build_encoder / build_decoder besides the net kind."""
         return {"hidden": tuple(self.hidden), "channels": tuple(self.channels), "activation": self.activation}
@@ -251,7 +256,7 @@ class Model(nn.Module):
     @property
     def binary_pixels(self) -> bool:
         """Whether the likelihood is over binarized pixels (then data are binarized) or continuous ones."""
-        return self.config.likelihood in BINARY_LIKELIHOODS
+        return self.config.binary_pixels
 
     @property
     def elements_per_sample(self) -> int:

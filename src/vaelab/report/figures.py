@@ -91,7 +91,7 @@ def _continuous(codes: dict) -> str:
 def interpolation(model, x: torch.Tensor, pairs: int = 8, steps: int = 10, y: torch.Tensor | None = None) -> torch.Tensor:
     """Decoded straight lines between the posterior means of images (2i, 2i+1): (pairs * steps, D).
     Other codes (a label) keep the first image's value along each line."""
-    codes = model.encode(model_batch(model, x[: 2 * pairs], None if y is None else y[: 2 * pairs]))
+    codes = model.encode(model_batch(model, x, y, 0, 2 * pairs))
     name = _continuous(codes)
     means = codes[name]
     t = torch.linspace(0, 1, steps, device=means.device).view(1, steps, 1)
@@ -105,7 +105,7 @@ def interpolation(model, x: torch.Tensor, pairs: int = 8, steps: int = 10, y: to
 def traversal(model, x: torch.Tensor, span: float = 3.0, steps: int = 9, y: torch.Tensor | None = None) -> torch.Tensor:
     """Row j varies latent dimension j over [-span, span] with the others at the posterior mean of x[0]:
     (d * steps, D). Shows what each dimension encodes (disentanglement in beta-VAEs)."""
-    codes = model.encode(model_batch(model, x[:1], None if y is None else y[:1]))
+    codes = model.encode(model_batch(model, x, y, 0, 1))
     name = _continuous(codes)
     base = codes[name][0]
     d = base.shape[0]

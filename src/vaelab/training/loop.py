@@ -19,7 +19,6 @@ from .. import data as data_mod
 from .. import objectives
 from ..devices import check_compile_toolchain, resolve_device
 from ..errors import RunDirError, TrainingDiverged, TrainingInterrupted
-from ..distributions import BINARY_LIKELIHOODS
 from ..models import build_model, model_class
 from . import distributed, runs
 from .batches import Batches
@@ -172,8 +171,7 @@ def _train(cfg: RunConfig, run_dir: Path, progress: bool, resume: bool, ctx: dis
     cfg.model.x_dim, cfg.model.image_shape = train_set.x_dim, train_set.image_shape
     validate(cfg)  # again: the image shape is the dataset's now (conv nets need sides that halve)
     torch.manual_seed(cfg.train.seed)
-    binary = cfg.model.likelihood in BINARY_LIKELIHOODS
-    batches = Batches(train_set, cfg, model_class(cfg.model.name).spec.labels, binary, device)
+    batches = Batches(train_set, cfg, model_class(cfg.model.name).spec.labels, cfg.model.binary_pixels, device)
     if batches.labelled is not None:
         distributed.check_divisible(ctx, len(batches.labelled), "the labelled subset")
     if cfg.train.threads:
@@ -188,6 +186,7 @@ def _train(cfg: RunConfig, run_dir: Path, progress: bool, resume: bool, ctx: dis
     objective = distributed.wrap(model, lambda m, batch, beta: training_loss(m, batch, cfg, beta), ctx,
                                  find_unused=not model.trains_every_parameter)
     names, sums, since_log, done, elapsed_before, skipped, bad_in_row = None, None, 0, 0, 0.0, 0, 0
+    logged: list[dict] = []  # on resume, the metrics kept from before the checkpoint
     if resume:
         if main:  # before anything in the run directory is read or changed
             locks.append(runs.RunLock(run_dir, "--resume"))
@@ -200,7 +199,7 @@ def _train(cfg: RunConfig, run_dir: Path, progress: bool, resume: bool, ctx: dis
         if done >= cfg.train.steps and (run_dir / runs.WEIGHTS_FILE).is_file():
             raise RunDirError(f"--resume: {run_dir} already finished {done} of {cfg.train.steps} steps; pass --steps N to train longer")
         if main:
-            runs.truncate_jsonl(run_dir / runs.METRICS_FILE, done)
+            logged = runs.truncate_jsonl(run_dir / runs.METRICS_FILE, done)
     else:
         error = None
         if main:
@@ -232,7 +231,6 @@ def _train(cfg: RunConfig, run_dir: Path, progress: bool, resume: bool, ctx: dis
     start = time.perf_counter()
     bar = tqdm(total=cfg.train.steps, initial=done, disable=not (progress and main), dynamic_ncols=True, mininterval=0.5,
                desc=f"train {cfg.model.name}")
-    logged = runs.read_jsonl(metrics_path) if resume and main else []
     record: dict = logged[-1] if logged else {}  # the last logged means, for the summary of a run with nothing left to do
     parameters = list(model.parameters())  # once: walking the module tree costs ~0.1 ms a step
     model.train()

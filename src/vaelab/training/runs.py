@@ -188,10 +188,12 @@ def load_run(run_dir: str | os.PathLike, device="cpu") -> tuple[torch.nn.Module,
     return model.to(device).eval(), cfg
 
 
-def truncate_jsonl(path: Path, last_step: int) -> None:
-    """Drop metrics logged after `last_step` (they are re-logged when a resumed run redoes those steps)."""
+def truncate_jsonl(path: Path, last_step: int) -> list[dict]:
+    """Drop metrics logged after `last_step` (they are re-logged when a resumed run redoes those steps);
+    returns the records kept."""
     kept = [r for r in read_jsonl(path) if r.get("step", 0) <= last_step]
     atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
+    return kept
 
 
 def append_jsonl(path: Path, record: dict) -> None:
