@@ -49,6 +49,21 @@ def tiny_data(tmp_path_factory) -> Path:
     return write_tiny_mnist(tmp_path_factory.mktemp("tiny-data"))
 
 
+# A run small enough to train in seconds, with checkpoints at steps 80, 100 and 120 (the last three kept).
+RESUMABLE_TRAIN = ["--steps", "120", "--batch-size", "20", "--hidden", "16", "--z-dim", "3", "--log-every", "7",
+                   "--checkpoint-every", "20", "--device", "cpu", "--no-progress"]
+
+
+@pytest.fixture(scope="session")
+def uninterrupted(tiny_data, tmp_path_factory) -> Path:
+    """RESUMABLE_TRAIN run once without interruption: the weights every resumed run must end with."""
+    from vaelab.cli import main
+
+    run = tmp_path_factory.mktemp("ref") / "run"
+    assert main(["train", "vae", *RESUMABLE_TRAIN, "--data-dir", str(tiny_data), "--out", str(run)]) == 0
+    return run
+
+
 @pytest.fixture(scope="session")
 def real_data() -> Path:
     """The real MNIST root ($VAELAB_DATA or ../shared/data); tests using it skip when it is absent."""

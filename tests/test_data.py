@@ -228,3 +228,34 @@ def test_corrupt_deflate_data_gives_clear_error(tmp_path):
     path.write_bytes(bytes(bad))
     with pytest.raises(DataError, match=str(path)):
         data.read_idx(path)
+
+
+def test_a_gzip_bomb_whose_header_disagrees_is_refused_before_its_payload_is_read(tmp_path, tiny_data, monkeypatch):
+    """A 1 MB gzip stream that inflates to 785 MB of images for the 600 labels beside it: refused from the
+    headers alone, so no memory is spent on it (it once peaked at 3.2 GB before its error)."""
+    import vaelab.data.formats as formats
+
+    root = tmp_path / "root"
+    shutil.copytree(tiny_data / "mnist", root / "mnist")
+    bomb = root / "mnist" / "train-images-idx3-ubyte"
+    bomb.unlink()
+    with gzip.open(str(bomb) + ".gz", "wb", compresslevel=1) as f:
+        f.write(bytes([0, 0, 8, 3]) + struct.pack(">3I", 1_000_000, 28, 28))
+        f.write(bytes(1 << 20))  # only the start: the header is what matters
+    payloads = []
+    real = formats._read_exactly
+    monkeypatch.setattr(formats, "_read_exactly", lambda f, n, path, shape: payloads.append(path.name) or real(f, n, path, shape))
+    with pytest.raises(DataError, match=r"train-labels-idx1-ubyte: expected 1000000 labels to match train-images-idx3-ubyte.gz"):
+        data.load("mnist", "train", root, download_missing=False)
+    assert payloads == ["train-labels-idx1-ubyte"]  # the labels (600 bytes) were read, the images never
+
+
+def test_idx_headers_of_the_wrong_kind_are_refused_before_reading(tmp_path, tiny_data):
+    root = tmp_path / "root"
+    shutil.copytree(tiny_data / "mnist", root / "mnist")
+    data.write_idx(root / "mnist" / "train-images-idx3-ubyte", np.zeros((600, 784), dtype=np.uint8))
+    with pytest.raises(DataError, match=r"train-images-idx3-ubyte: expected uint8 images of shape \(N, H, W\), header declares"):
+        data.load("mnist", "train", root, download_missing=False)
+    data.write_idx(root / "mnist" / "train-labels-idx1-ubyte", np.zeros(600, dtype=np.int32))
+    with pytest.raises(DataError, match=r"train-labels-idx1-ubyte: expected uint8 labels"):
+        data.load("mnist", "train", root, download_missing=False)

@@ -16,7 +16,7 @@ from vaelab import objectives
 from vaelab.cli import main
 from vaelab.errors import ConfigError, RunDirError
 from vaelab.models import MODELS, LatentGroup, Model, ModelConfig, ModelSpec, Terms, build_model, model_config, register_model
-from vaelab.training import runs
+from vaelab.training import checkpoints, runs
 from vaelab.training.config import RunConfig, load_json, save_json, set_key, validate
 from vaelab.training.loop import training_loss
 
@@ -151,16 +151,16 @@ def test_checkpoint_holds_model_and_optimizer_state(tmp_path):
     objectives.loss(model({"x": torch.bernoulli(torch.rand(4, 784))})).loss.backward()
     opt.step()
     for step in (10, 20, 30, 40):
-        path = runs.save_checkpoint(tmp_path, model, opt, step, keep=2)
+        path = checkpoints.save_checkpoint(tmp_path, model, opt, step, keep=2)
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step-0000030.safetensors", "step-0000040.safetensors"]
-    tensors = runs.read_safetensors(path)
+    tensors = checkpoints.read_safetensors(path)
     fresh = torch.optim.Adam(build_model(model_config(hidden=(20,))).parameters(), lr=1e-3)
     from safetensors import safe_open
 
     with safe_open(str(path), "pt") as f:
         metadata = f.metadata()
     assert metadata["step"] == "40"
-    runs.load_optimizer_tensors(fresh, tensors, metadata)
+    checkpoints.load_optimizer_tensors(fresh, tensors, metadata)
     for a, b in zip(opt.state_dict()["state"].values(), fresh.state_dict()["state"].values()):
         torch.testing.assert_close(a["exp_avg"], b["exp_avg"])
 

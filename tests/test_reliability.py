@@ -15,19 +15,11 @@ from safetensors.torch import load_file
 
 from vaelab.cli import main
 
-TRAIN = ["--steps", "120", "--batch-size", "20", "--hidden", "16", "--z-dim", "3", "--log-every", "7",
-         "--checkpoint-every", "20", "--device", "cpu", "--no-progress"]
+from conftest import RESUMABLE_TRAIN as TRAIN
 
 
 def _weights(run):
     return load_file(str(run / "model.safetensors"))
-
-
-@pytest.fixture(scope="module")
-def uninterrupted(tiny_data, tmp_path_factory):
-    run = tmp_path_factory.mktemp("ref") / "run"
-    assert main(["train", "vae", *TRAIN, "--data-dir", str(tiny_data), "--out", str(run)]) == 0
-    return run
 
 
 def test_sigkilled_run_resumes_to_identical_weights(uninterrupted, tiny_data, tmp_path):
@@ -142,26 +134,30 @@ def test_too_many_non_finite_steps_stop_the_run_with_checkpoint_intact(tiny_data
 
 
 def test_checkpoint_write_crash_keeps_the_last_good_one(tmp_path, monkeypatch):
-    import vaelab.training.runs as runs_mod
-    from vaelab.training.config import ModelConfig
+    """A write that fails half-way (a full disk) is one RunDirError naming the file; the last good checkpoint,
+    its manifest entry and nothing else stay, and no temporary file is left."""
+    import vaelab.training.checkpoints as checkpoints_mod
+    from vaelab.errors import RunDirError
     from vaelab.models import build_model, model_config
+    from vaelab.training import files
 
     model = build_model(model_config(hidden=(8,)))
     opt = torch.optim.Adam(model.parameters())
-    good = runs_mod.save_checkpoint(tmp_path, model, opt, 10, keep=3)
+    good = checkpoints_mod.save_checkpoint(tmp_path, model, opt, 10, keep=3)
     before = good.read_bytes()
+    manifest = (tmp_path / "manifest.json").read_text()
 
     def crash(tensors, filename, metadata=None):
         with open(filename, "wb") as f:
             f.write(b"half a file")
-        raise OSError("disk full")
+        raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(runs_mod, "save_file", crash)
-    with pytest.raises(OSError, match="disk full"):
-        runs_mod.save_checkpoint(tmp_path, model, opt, 20, keep=3)
+    monkeypatch.setattr(checkpoints_mod, "save_file", crash)
+    with pytest.raises(RunDirError, match=r"cannot write .*step-0000020.safetensors: No space left on device"):
+        checkpoints_mod.save_checkpoint(tmp_path, model, opt, 20, keep=3)
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step-0000010.safetensors"]
-    assert good.read_bytes() == before
-    assert runs_mod.latest_checkpoint(tmp_path) == good
+    assert good.read_bytes() == before and (tmp_path / "manifest.json").read_text() == manifest
+    assert checkpoints_mod.checkpoint_paths(tmp_path) == [good] and files.verify(good) is None
 
 
 def test_two_process_data_parallel_matches_one_process(tiny_data, tmp_path):

@@ -126,3 +126,20 @@ def test_huge_declared_arrays_are_refused_before_loading(tmp_path, monkeypatch):
     with pytest.raises(DataError, match="claims 12292 bytes"):
         read_svhn_mat(path)
     assert loaded == []
+
+
+def test_a_negative_dimension_in_the_header_is_refused(tmp_path):
+    """scipy reads a dimension of -12 as 12 and loads the file; vaelab refuses it as malformed."""
+    import struct
+
+    path = tmp_path / "train_32x32.mat"
+    _write_svhn(path, n=12)
+    raw = bytearray(path.read_bytes())
+    at = raw.find(struct.pack("<4i", 32, 32, 3, 12))
+    raw[at : at + 16] = struct.pack("<4i", 32, 32, 3, -12)
+    path.write_bytes(bytes(raw))
+    with pytest.raises(DataError, match="declares a negative dimension for X"):
+        read_svhn_mat(path)
+    _write_svhn(path, n=0)
+    with pytest.raises(DataError, match="N >= 1"):
+        read_svhn_mat(path)

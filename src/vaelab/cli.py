@@ -249,7 +249,7 @@ def _load(args):
 
 def cmd_eval(args) -> int:
     from .evaluation import evaluate
-    from .training.runs import atomic_write_text
+    from .training.files import atomic_write_text
 
     model, cfg, _, load_test = _load(args)
     if args.protocol == "cs236" and cfg.data.dataset != "mnist":
@@ -292,7 +292,8 @@ def cmd_sample(args) -> int:
 def cmd_plot(args) -> int:
     from . import evaluation
     from .report import figures
-    from .training.runs import METRICS_FILE, read_jsonl
+    from .training.files import read_jsonl
+    from .training.runs import METRICS_FILE
 
     out = args.out or args.run_dir / f"{args.kind}.png"
     if args.kind == "curves":

@@ -1,5 +1,12 @@
 """Error types. Every error a user can cause derives from VaelabError; the CLI prints it as one line."""
 
+import sys
+
+
+def warn(message: str) -> None:
+    """One line on stderr for something recovered from (a damaged checkpoint skipped, a run restarted)."""
+    print(f"vaelab: warning: {message}", file=sys.stderr, flush=True)
+
 
 class VaelabError(Exception):
     """A problem with the user's input (data, options, run directory), reported without a traceback."""

@@ -209,13 +209,25 @@ class ImageSet:
 
 
 def _load_idx(images_path: Path, labels_path: Path) -> tuple[np.ndarray, np.ndarray]:
-    images, labels = read_idx(images_path), read_idx(labels_path)
-    if images.ndim != 3 or images.dtype != np.uint8:
-        raise DataError(f"{images_path}: expected uint8 images of shape (N, H, W), got {images.dtype} {images.shape}")
-    if labels.ndim != 1 or labels.shape[0] != images.shape[0]:
-        raise DataError(f"{labels_path}: expected {images.shape[0]} labels to match {images_path.name}, got shape {labels.shape}")
-    if labels.size and (labels.min() < 0 or labels.max() > 9):
+    """Labels first, then images whose header must agree with them (N, H, W uint8 for N labels): a file
+    whose header disagrees is refused before its payload is read, so a gzip bomb costs no memory."""
+
+    def check_labels(shape, dtype):
+        if len(shape) != 1 or dtype != np.uint8:
+            raise DataError(f"{labels_path}: expected uint8 labels of shape (N,), header declares {dtype} {shape}")
+
+    def check_images(shape, dtype):
+        if len(shape) != 3 or dtype != np.uint8:
+            raise DataError(f"{images_path}: expected uint8 images of shape (N, H, W), header declares {dtype} {shape}")
+        if shape[0] != labels.shape[0]:
+            raise DataError(f"{labels_path}: expected {shape[0]} labels to match {images_path.name}, got shape {labels.shape}")
+
+    labels = read_idx(labels_path, check_labels)
+    if labels.size and labels.max() > 9:
         raise DataError(f"{labels_path}: labels must lie in 0..9")
+    images = read_idx(images_path, check_images)
+    if images.shape[0] == 0:
+        raise DataError(f"{images_path}: holds no images")
     return images, labels
 
 
@@ -227,7 +239,9 @@ def load(dataset: str = "mnist", split: str = "train", data_dir=None, device="cp
     folder = locate(dataset, data_dir, download_missing, splits=[split])
     paths = [_existing(spec, folder, base) for base in spec.splits[split]]
     images, labels = _load_idx(*paths) if spec.format == "idx" else read_svhn_mat(paths[0])
-    return ImageSet(torch.from_numpy(images.copy()).to(device), torch.from_numpy(labels.astype(np.int64)).to(device), f"{dataset}-{split}")
+    # read_idx's arrays are writable views of their own buffers, so torch takes them without a copy.
+    images = images if images.flags.writeable else images.copy()
+    return ImageSet(torch.from_numpy(images).to(device), torch.from_numpy(labels.astype(np.int64)).to(device), f"{dataset}-{split}")
 
 
 def binarize(pixels: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -24,17 +24,18 @@ IDX_DTYPES = {
     0x0D: np.dtype(">f4"),
     0x0E: np.dtype(">f8"),
 }
-# Refuse headers claiming more than this before reading anything: no MNIST-like file comes close,
-# and a hostile header must not make us allocate terabytes.
-MAX_IDX_BYTES = 1 << 32
+# Refuse headers claiming more than this before reading anything: MNIST's largest file holds 47 MB
+# (EMNIST's 0.6 GB), and a hostile header, or a gzip bomb, must not make us allocate gigabytes.
+MAX_IDX_BYTES = 1 << 30
 _READ_CHUNK = 1 << 20
 
 
-def read_idx(path: str | os.PathLike) -> np.ndarray:
+def read_idx(path: str | os.PathLike, check=None) -> np.ndarray:
     """Read an IDX file (raw or gzip-compressed) into a numpy array of its declared shape.
 
     Raises DataError naming the file for a wrong magic number, an unknown type code, a declared
     size that disagrees with the payload (truncated or trailing bytes), or an unreadable gzip stream.
+    `check(shape, dtype)` may refuse the header (raising DataError) before any of the payload is read.
     """
     path = Path(path)
     try:
@@ -58,6 +59,8 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
             n_bytes = int(np.prod(shape, dtype=object)) * dtype.itemsize
             if n_bytes > MAX_IDX_BYTES:
                 raise DataError(f"{path}: IDX header claims {n_bytes} bytes of data, more than the {MAX_IDX_BYTES} allowed")
+            if check is not None:
+                check(shape, dtype)
             if not compressed:
                 available = path.stat().st_size - 4 - 4 * ndim
                 if available != n_bytes:
@@ -67,22 +70,23 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
         if isinstance(exc, FileNotFoundError):
             raise DataError(f"{path}: file not found") from None
         raise DataError(f"{path}: cannot read ({exc})") from None
-    return np.frombuffer(payload, dtype=dtype).reshape(shape).astype(dtype.newbyteorder("="))
+    # A writable view of the bytes read (no copy); byte-swapped only where the type has more than one byte.
+    return np.frombuffer(payload, dtype=dtype).reshape(shape).astype(dtype.newbyteorder("="), copy=False)
 
 
-def _read_exactly(f, n_bytes: int, path: Path, shape) -> bytes:
-    # Chunked, so a lying header in a gzip stream cannot trigger one huge allocation.
-    chunks, got = [], 0
-    while got <= n_bytes:
-        chunk = f.read(min(_READ_CHUNK, n_bytes + 1 - got))
+def _read_exactly(f, n_bytes: int, path: Path, shape) -> bytearray:
+    # Chunked into one growing buffer: a lying header in a gzip stream cannot trigger one huge allocation,
+    # and the payload is held once, not as chunks plus their join.
+    payload = bytearray()
+    while len(payload) <= n_bytes:
+        chunk = f.read(min(_READ_CHUNK, n_bytes + 1 - len(payload)))
         if not chunk:
             break
-        chunks.append(chunk)
-        got += len(chunk)
-    if got != n_bytes:
-        detail = "is truncated" if got < n_bytes else "has trailing bytes"
+        payload += chunk
+    if len(payload) != n_bytes:
+        detail = "is truncated" if len(payload) < n_bytes else "has trailing bytes"
         raise DataError(f"{path}: IDX payload {detail} (header declares shape {tuple(shape)}, {n_bytes} bytes)")
-    return b"".join(chunks)
+    return payload
 
 
 def write_idx(path: str | os.PathLike, array: np.ndarray, compress: bool | None = None) -> None:
@@ -116,6 +120,9 @@ def read_svhn_mat(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     try:
         # Read the declared shapes first: a hostile header must not make loadmat allocate terabytes.
         declared = {name: (shape, dtype) for name, shape, dtype in scipy.io.whosmat(str(path))}
+        negative = [name for name, (shape, _) in declared.items() if any(d < 0 for d in shape)]
+        if negative:
+            raise DataError(f"{path}: .mat header declares a negative dimension for {', '.join(negative)}")
         claimed = sum(int(np.prod(shape, dtype=object)) * _MAT_ITEMSIZE.get(dtype, 8) for shape, dtype in declared.values())
         if claimed > MAX_MAT_BYTES:
             raise DataError(f"{path}: .mat header claims {claimed} bytes of arrays, more than the {MAX_MAT_BYTES} allowed")
@@ -129,8 +136,8 @@ def read_svhn_mat(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     if "X" not in contents or "y" not in contents:
         raise DataError(f"{path}: expected variables X and y, found {sorted(k for k in contents if not k.startswith('__'))}")
     images, labels = contents["X"], contents["y"]
-    if images.ndim != 4 or images.shape[:3] != (32, 32, 3) or images.dtype != np.uint8:
-        raise DataError(f"{path}: X must be uint8 of shape (32, 32, 3, N), got {images.dtype} {images.shape}")
+    if images.ndim != 4 or images.shape[:3] != (32, 32, 3) or images.dtype != np.uint8 or images.shape[3] == 0:
+        raise DataError(f"{path}: X must be uint8 of shape (32, 32, 3, N) with N >= 1, got {images.dtype} {images.shape}")
     labels = np.asarray(labels).reshape(-1)
     if labels.shape[0] != images.shape[3]:
         raise DataError(f"{path}: y holds {labels.shape[0]} labels for {images.shape[3]} images")

@@ -8,7 +8,8 @@ from pathlib import Path
 
 from ..errors import RunDirError, VaelabError
 from ..training.config import RunConfig, migrate_legacy
-from ..training.runs import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, read_jsonl
+from ..training.files import read_jsonl
+from ..training.runs import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE
 from .figures import training_curves
 
 EVAL_KEYS = ("nelbo", "kl", "rec", "niwae_1", "niwae_10", "niwae_100", "niwae_1000", "niwae_5000", "accuracy", "active_units")

@@ -23,7 +23,8 @@ from ..devices import resolve_device
 from ..errors import ConfigError
 from ..evaluation import evaluate
 from ..training import load_preset, set_key, train
-from ..training.runs import METRICS_FILE, SUMMARY_FILE, atomic_write_text, load_run, read_jsonl
+from ..training.files import atomic_write_text, read_jsonl
+from ..training.runs import METRICS_FILE, SUMMARY_FILE, load_run
 from .figures import training_curves, write_sample_grids
 
 

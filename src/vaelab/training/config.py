@@ -21,6 +21,7 @@ from ..distributions import LIKELIHOODS
 from ..errors import ConfigError
 from ..models import MODELS, ModelConfig, build_model, model_class
 from ..nets import ACTIVATIONS, NETS, check_shape
+from .files import atomic_write_text
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -78,12 +79,18 @@ class TrainConfig:
     """Steps between lines in metrics.jsonl and progress-bar updates."""
     checkpoint_every: int = 5000
     """Steps between checkpoints under checkpoints/ (the final weights are always saved)."""
+    checkpoint_seconds: float = 60.0
+    """Also write a checkpoint when this many seconds have passed since the last one, so a kill loses at
+    most about this much work however long a step takes (0: by checkpoint_every only)."""
     keep_checkpoints: int = 3
     """How many periodic checkpoints to keep."""
     grad_clip: float = 0.0
     """Clip the global gradient norm to this value (0: no clipping)."""
     max_nonfinite_steps: int = 10
     """A step whose loss or gradient is not finite is skipped; this many in a row stop the run."""
+    max_loss_per_element: float = 1000.0
+    """A logged mean loss beyond this many nats per data element (784 for MNIST) stops the run as diverged:
+    a fair coin costs 0.69 nats per binary pixel, so no model that is learning gets near (0: no limit)."""
     threads: int = 0
     """CPU threads for torch's kernels (0: torch's default, one per core)."""
     compile: bool = False
@@ -128,6 +135,10 @@ def _coerce(value, tp, key: str):
             return None
         return _coerce(value, next(a for a in args if a is not type(None)), key)
     if origin is tuple:
+        if isinstance(value, str) and value.strip() in ("", "[]"):
+            if not value.strip():  # `--set model.hidden=` is more likely a slip than a request for no layers
+                raise ConfigError(f"{key}: empty value; write {key}=[] for an empty list")
+            return ()
         items = value.split(",") if isinstance(value, str) else value
         if not isinstance(items, (list, tuple)):
             raise ConfigError(f"{key}: expected a list, got {value!r}")
@@ -303,9 +314,11 @@ def validate(cfg: RunConfig) -> None:
         (0 <= cfg.train.seed < 2**64, "train.seed", "must be in 0 .. 2^64 - 1"),
         (cfg.train.log_every >= 1, "train.log_every", "must be >= 1"),
         (cfg.train.checkpoint_every >= 1, "train.checkpoint_every", "must be >= 1"),
+        (cfg.train.checkpoint_seconds >= 0, "train.checkpoint_seconds", "must be >= 0"),
         (cfg.train.keep_checkpoints >= 1, "train.keep_checkpoints", "must be >= 1"),
         (cfg.train.grad_clip >= 0, "train.grad_clip", "must be >= 0"),
         (cfg.train.max_nonfinite_steps >= 1, "train.max_nonfinite_steps", "must be >= 1"),
+        (cfg.train.max_loss_per_element >= 0, "train.max_loss_per_element", "must be >= 0"),
         (cfg.train.threads >= 0, "train.threads", "must be >= 0"),
         (cfg.train.precision in ("fp32", "bf16"), "train.precision", "must be fp32 or bf16"),
     ]
@@ -350,7 +363,7 @@ def _get(cfg, key: str):
 
 
 def save_json(cfg: RunConfig, path: Path) -> None:
-    path.write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+    atomic_write_text(path, json.dumps(cfg.to_dict(), indent=2) + "\n")
 
 
 def load_json(path: Path) -> RunConfig:

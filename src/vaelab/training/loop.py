@@ -7,6 +7,7 @@ indices and draws a fresh Bernoulli binarization there. No per-item Python runs 
 from __future__ import annotations
 
 import json
+import math
 import signal
 import threading
 import time
@@ -18,9 +19,9 @@ from tqdm.auto import tqdm
 from .. import data as data_mod
 from .. import objectives
 from ..devices import check_compile_toolchain, resolve_device
-from ..errors import RunDirError, TrainingDiverged, TrainingInterrupted
+from ..errors import RunDirError, TrainingDiverged, TrainingInterrupted, warn
 from ..models import build_model, model_class
-from . import distributed, runs
+from . import checkpoints, distributed, files, runs
 from .batches import Batches
 from .config import RunConfig, save_json, validate
 
@@ -52,6 +53,17 @@ def training_loss(model: torch.nn.Module, batch: dict, cfg: RunConfig, beta: flo
     return objectives.loss(terms, cfg.objective.kind, beta, cfg.objective.free_bits, cfg.objective.free_bits_group)
 
 
+def _quiet_tensorboard_thread(args) -> None:
+    # TensorBoard writes from a thread of its own; a failed write (a full disk) would print that thread's
+    # traceback. The writer raises the same error in the main thread at its next call, where
+    # TensorBoard._guard turns it into one line, so the thread's copy is dropped.
+    if type(args.thread).__name__ != "_AsyncWriterThread":
+        _default_thread_hook(args)
+
+
+_default_thread_hook = threading.excepthook
+
+
 class TensorBoard:
     """TensorBoard event files beside metrics.jsonl: the logged scalars, and a grid of samples from
     the model at every checkpoint (one column per label for models that generate given a label)."""
@@ -59,14 +71,22 @@ class TensorBoard:
     def __init__(self, folder: Path, model: torch.nn.Module, cfg: RunConfig, purge_step: int | None = None):
         from torch.utils.tensorboard import SummaryWriter
 
+        threading.excepthook = _quiet_tensorboard_thread
+        self.folder = folder
         # purge_step drops events a killed run logged after its last checkpoint.
-        self.writer = SummaryWriter(str(folder), purge_step=purge_step)
+        self.writer = self._guard(lambda: SummaryWriter(str(folder), purge_step=purge_step))
         self.model, self.cfg = model, cfg
+
+    def _guard(self, write):
+        try:
+            return write()
+        except OSError as exc:
+            raise RunDirError(f"cannot write {self.folder}: {exc.strerror or exc}") from None
 
     def scalars(self, step: int, record: dict) -> None:
         for key, value in record.items():
             if key not in ("step", "seconds"):
-                self.writer.add_scalar(f"train/{key}", value, step)
+                self._guard(lambda: self.writer.add_scalar(f"train/{key}", value, step))
 
     @torch.no_grad()
     def samples(self, step: int) -> None:
@@ -80,37 +100,28 @@ class TensorBoard:
         self.model.train(was_training)
         ncol = images.shape[1]
         grid = data_mod.image_grid(images.clamp(0, 1), ncol, tuple(self.cfg.model.image_shape), pad_value=0.5)
-        self.writer.add_image("samples", grid, step, dataformats="HWC" if grid.ndim == 3 else "HW")
-        self.writer.flush()
+        self._guard(lambda: self.writer.add_image("samples", grid, step, dataformats="HWC" if grid.ndim == 3 else "HW"))
+        self._guard(self.writer.flush)
 
     def close(self) -> None:
-        self.writer.close()
+        self._guard(self.writer.close)
 
 
-def _restore(run_dir: Path, model, optimizer, batches: Batches, device: torch.device):
-    """Load the newest checkpoint of run_dir into model, optimizer and batch sampler; restore the RNG.
-    Returns (step, log names, partial log sums, steps since the last log line, elapsed seconds, skipped steps)."""
-    path = runs.latest_checkpoint(run_dir)
-    if path is None:
-        raise RunDirError(f"--resume: {run_dir} has no checkpoint to resume from")
-    tensors, metadata = runs.read_checkpoint(path)
-    try:
-        model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
-        runs.load_optimizer_tensors(optimizer, tensors, metadata)
-    except (RuntimeError, KeyError, ValueError) as exc:
-        raise RunDirError(f"--resume: {path} does not match {run_dir / runs.CONFIG_FILE} ({str(exc).splitlines()[0]})") from None
-    order = tensors.get("state.batch_order")
-    if order is None or order.shape[0] != batches.sampler.n:
-        raise RunDirError(f"--resume: {path} lacks the batch order of this dataset")
-    batches.sampler.order = order.to(device)
-    batches.sampler.pos = int(metadata["batch_position"])
-    torch.set_rng_state(tensors["state.rng_cpu"])
-    if device.type == "cuda" and "state.rng_cuda" in tensors:
-        torch.cuda.set_rng_state(tensors["state.rng_cuda"], device)
-    names = json.loads(metadata.get("log_names", "null"))
-    sums = tensors["state.log_sums"].to(device) if "state.log_sums" in tensors else None
-    return (int(metadata["step"]), names, sums, int(metadata.get("since_log", 0)), float(metadata.get("elapsed_seconds", 0)),
-            int(metadata.get("skipped_steps", 0)))
+def _restore(run_dir: Path, model, optimizer, batches: Batches, device: torch.device) -> checkpoints.LoopState | None:
+    """Continue from the newest intact checkpoint of run_dir: model, Adam, batch order and position, RNG.
+    None when the run was killed before its first checkpoint (it then starts again from step 0, which
+    the seed makes the same run)."""
+    state = checkpoints.restore(run_dir, model, optimizer, batches.sampler.n)
+    if state is None:
+        return None
+    batches.sampler.order = state.batch_order.to(device)
+    batches.sampler.pos = state.batch_position
+    torch.set_rng_state(state.rng_cpu)
+    if device.type == "cuda" and state.rng_cuda is not None:
+        torch.cuda.set_rng_state(state.rng_cuda, device)
+    if state.log_sums is not None:
+        state.log_sums = state.log_sums.to(device)
+    return state
 
 
 class StopRequest:
@@ -190,16 +201,38 @@ def _train(cfg: RunConfig, run_dir: Path, progress: bool, resume: bool, ctx: dis
     if resume:
         if main:  # before anything in the run directory is read or changed
             locks.append(runs.RunLock(run_dir, "--resume"))
+            files.remove_stale_temporaries(run_dir)
+        # Rank 0 first: it moves damaged checkpoints aside, and the other processes then read what is left.
+        restored, error = None, None
         if main:
-            runs.remove_stale_temporaries(run_dir)
-        done, names, sums, since_log, elapsed_before, skipped = _restore(run_dir, model, optimizer, batches, device)
-        # A run killed after its final checkpoint but before its weights is finished below, not refused.
+            try:
+                restored = _restore(run_dir, model, optimizer, batches, device)
+            except RunDirError as exc:
+                error = exc
+        if not ctx.all_true(error is None):
+            raise error or RunDirError(f"--resume: rank 0 could not resume {run_dir}")
+        if not main:
+            restored = _restore(run_dir, model, optimizer, batches, device)
+        if restored is None:
+            if (run_dir / runs.WEIGHTS_FILE).is_file():
+                raise RunDirError(f"--resume: {run_dir} has final weights but no checkpoint to continue from")
+            if main:
+                warn(f"{run_dir} has no checkpoint yet (killed in its first {cfg.train.checkpoint_seconds:g} s?): "
+                     f"starting again from step 0 with its saved config and seed")
+        else:
+            done, names, sums, since_log = restored.step, restored.log_names, restored.log_sums, restored.since_log
+            elapsed_before, skipped = restored.elapsed_seconds, restored.skipped_steps
+        # A run killed after its final checkpoint but before its weights is finished below, not refused;
+        # so is one whose weights do not match the manifest.
         if done > cfg.train.steps:
             raise RunDirError(f"--resume: {run_dir} is at step {done}, past --steps {cfg.train.steps}")
-        if done >= cfg.train.steps and (run_dir / runs.WEIGHTS_FILE).is_file():
+        problem = runs.final_weights_problem(run_dir)
+        if done >= cfg.train.steps and problem is None:
             raise RunDirError(f"--resume: {run_dir} already finished {done} of {cfg.train.steps} steps; pass --steps N to train longer")
+        if done >= cfg.train.steps and problem != "missing":
+            warn(f"{run_dir / runs.WEIGHTS_FILE}: damaged ({problem}); writing it again from the final checkpoint")
         if main:
-            logged = runs.truncate_jsonl(run_dir / runs.METRICS_FILE, done)
+            logged = files.truncate_jsonl(run_dir / runs.METRICS_FILE, done)
     else:
         error = None
         if main:
@@ -221,14 +254,16 @@ def _train(cfg: RunConfig, run_dir: Path, progress: bool, resume: bool, ctx: dis
             state["rng_cuda"] = torch.cuda.get_rng_state(device)
         if sums is not None:
             state["log_sums"] = sums
-        runs.save_checkpoint(run_dir, model, optimizer, step, cfg.train.keep_checkpoints, state,
-                             {"batch_position": batches.sampler.pos, "since_log": since_log, "log_names": json.dumps(names),
-                              "skipped_steps": skipped,
-                              "elapsed_seconds": round(elapsed_before + time.perf_counter() - start, 3)})
+        checkpoints.save_checkpoint(run_dir, model, optimizer, step, cfg.train.keep_checkpoints, state,
+                                    {"batch_position": batches.sampler.pos, "since_log": since_log, "log_names": json.dumps(names),
+                                     "skipped_steps": skipped,
+                                     "elapsed_seconds": round(elapsed_before + time.perf_counter() - start, 3)})
 
     metrics_path = run_dir / runs.METRICS_FILE
     board = TensorBoard(run_dir / runs.TENSORBOARD_DIR, model, cfg, purge_step=done + 1 if resume else None) if main else None
-    start = time.perf_counter()
+    start = last_checkpoint = time.perf_counter()
+    # A logged mean loss beyond this is divergence, not learning: a fair coin costs 0.69 nats a binary pixel.
+    loss_limit = cfg.train.max_loss_per_element * cfg.model.x_dim if cfg.train.max_loss_per_element else math.inf
     bar = tqdm(total=cfg.train.steps, initial=done, disable=not (progress and main), dynamic_ncols=True, mininterval=0.5,
                desc=f"train {cfg.model.name}")
     record: dict = logged[-1] if logged else {}  # the last logged means, for the summary of a run with nothing left to do
@@ -260,7 +295,7 @@ def _train(cfg: RunConfig, run_dir: Path, progress: bool, resume: bool, ctx: dis
             bad_in_row += 1
             bar.update(1)
             if bad_in_row >= cfg.train.max_nonfinite_steps:
-                last = runs.latest_checkpoint(run_dir)
+                last = next(iter(checkpoints.checkpoint_paths(run_dir)), None)
                 raise TrainingDiverged(
                     f"training stopped at step {step}: {bad_in_row} consecutive steps had a non-finite loss or gradient "
                     f"(try a lower --lr or --set train.grad_clip=10); last good checkpoint: {last or 'none yet'}")
@@ -279,15 +314,24 @@ def _train(cfg: RunConfig, run_dir: Path, progress: bool, resume: bool, ctx: dis
             record = {"step": step, **means, "beta": beta, "skipped_steps": skipped,
                       "seconds": round(elapsed, 3), "images_per_second": round(step * cfg.train.batch_size / elapsed, 1)}
             if main:
-                runs.append_jsonl(metrics_path, record)
+                files.append_jsonl(metrics_path, record)
                 board.scalars(step, record)
             bar.set_postfix(loss=f"{means['loss']:.2f}", kl=f"{means['kl']:.2f}", rec=f"{means['rec']:.2f}")
             sums.zero_()
             since_log = 0
+            if abs(means["loss"]) > loss_limit:
+                raise TrainingDiverged(
+                    f"training stopped at step {step}: the mean loss {means['loss']:.4g} is beyond train.max_loss_per_element "
+                    f"({cfg.train.max_loss_per_element:g} nats per element); try a lower --lr or --set train.grad_clip=10; "
+                    f"last checkpoint: {next(iter(checkpoints.checkpoint_paths(run_dir)), 'none yet')}")
         if step % cfg.train.checkpoint_every == 0 and step < cfg.train.steps:
             checkpoint(step)
+            last_checkpoint = time.perf_counter()
             if main:
                 board.samples(step)
+        elif cfg.train.checkpoint_seconds and step < cfg.train.steps and time.perf_counter() - last_checkpoint >= cfg.train.checkpoint_seconds:
+            checkpoint(step)  # by the clock as well, so a kill loses at most checkpoint_seconds of work
+            last_checkpoint = time.perf_counter()
     bar.close()
     checkpoint(cfg.train.steps)
     train_seconds = elapsed_before + time.perf_counter() - start
@@ -308,6 +352,6 @@ def _train(cfg: RunConfig, run_dir: Path, progress: bool, resume: bool, ctx: dis
         "final": {k: v for k, v in record.items() if k not in ("step", "beta", "seconds", "images_per_second", "skipped_steps")},
     }
     if main:
-        runs.atomic_write_text(run_dir / runs.SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
+        files.atomic_write_text(run_dir / runs.SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
     return summary
 
