@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The default VAE (REFERENCE.md section 1: 20,000 steps, batch 100, lr 1e-3, z = 10, seed 0),
+# The default VAE (docs/reference.md section 1: 20,000 steps, batch 100, lr 1e-3, z = 10, seed 0),
 # evaluated with both protocols. Results (JSON, PNG, training log) are copied next to this script
 # into experiments/vae_baseline/; the run directory itself stays under runs/ (not committed).
 # Usage: bash experiments/vae_baseline.sh [DATA_DIR]     (about 4 min training + 15 min full eval on 2 CPU cores)

@@ -1,7 +1,7 @@
 """kill -9 at random moments of the README's main job, resumed each time: the final weights must be
 bit-identical to an uninterrupted run's.
 
-    python experiments/fault_tolerance/kill9.py --data DATA --work WORK --out experiments/fault_tolerance [--kills 3]
+    python experiments/fault_tolerance/kill9.py --data DATA --work WORK --out experiments/fault_tolerance [--kills 5]
 
 Trains `vaelab train vae --seed 0` (20,000 steps) once without interruption, then again with --kills
 SIGKILLs at moments drawn uniformly over the expected remaining time, each followed by
@@ -34,12 +34,20 @@ def newest_checkpoint_step(run: Path) -> int | None:
     return int(found[-1].stem.split("-")[1]) if found else None
 
 
+def last_logged_step(run: Path) -> int | None:
+    try:
+        lines = (run / "metrics.jsonl").read_text().splitlines()
+        return json.loads(lines[-1])["step"] if lines else None
+    except (OSError, ValueError, KeyError):
+        return None  # not yet written, or cut mid-line by the kill
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--data", required=True)
     parser.add_argument("--work", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--kills", type=int, default=3)
+    parser.add_argument("--kills", type=int, default=5)
     parser.add_argument("--seed", type=int, default=2026)
     args = parser.parse_args()
     rng = random.Random(args.seed)
@@ -62,7 +70,8 @@ def main() -> None:
             raise SystemExit(f"finished before the kill at {at:.1f} s: {proc.stderr.read().decode()}")
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        events.append({"killed_after_seconds": round(at, 1), "newest_checkpoint_step": newest_checkpoint_step(killed)})
+        events.append({"killed_after_seconds": round(at, 1), "last_logged_step": last_logged_step(killed),
+                       "newest_checkpoint_step": newest_checkpoint_step(killed)})
         remaining = max(remaining - at + 5, 10)
         command = vaelab("train", "--resume", str(killed), "--no-progress")
     resumed = subprocess.run(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)

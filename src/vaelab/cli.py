@@ -81,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("train", help="train a model into a new run directory",
-                       description="Train a model from a preset (defaults as in REFERENCE.md) into a new run directory.")
+                       description="Train a model from a preset (defaults as in docs/reference.md) into a new run directory.")
     p.add_argument("model", nargs="?", help=f"preset name ({', '.join(list_presets())}) or a .toml preset file")
     p.add_argument("--out", type=Path, metavar="RUN_DIR", help="new (or empty) run directory to write")
     p.add_argument("--resume", type=Path, metavar="RUN_DIR",
@@ -126,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Compute NELBO, KL, Rec and negative IWAE-m bounds (nats) for a trained run.")
     p.add_argument("run_dir", type=Path, metavar="RUN_DIR")
     p.add_argument("--protocol", choices=("cs236", "full"), default="cs236",
-                   help="cs236: the 100-image subset of REFERENCE.md section 1; full: all 10,000 test images (default cs236)")
+                   help="cs236: the 100-image subset of docs/reference.md section 1; full: all 10,000 test images (default cs236)")
     p.add_argument("--iw", type=_positive_int_list, metavar="M,M,...",
                    help="importance-sample counts m for IWAE-m (default 1,10,100,1000 for cs236; 1,10,100,1000,5000 for full)")
     p.add_argument("--seed", type=int, default=0, help="seed for the evaluation's z draws (default 0)")

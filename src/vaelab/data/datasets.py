@@ -260,7 +260,7 @@ def binarize_batch(images: torch.Tensor) -> torch.Tensor:
     return torch.empty(flat.shape, device=flat.device).uniform_(0, 255).lt_(flat)
 
 
-# --- The cs236 subsets (REFERENCE.md section 1): positions among the images of each digit. ---
+# --- The cs236 subsets (docs/reference.md section 1): positions among the images of each digit. ---
 CS236_TEST_POSITIONS = (
     (684, 559, 629, 192, 835, 763, 707, 359, 9, 723),
     (277, 599, 1094, 600, 314, 705, 551, 87, 174, 849),

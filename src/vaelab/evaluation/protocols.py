@@ -1,6 +1,6 @@
 """Evaluation protocols: NELBO / KL per latent group / Rec and negative IWAE-m bounds.
 
-cs236 (REFERENCE.md section 1): the fixed 100-image test subset, binarized once with
+cs236 (docs/reference.md section 1): the fixed 100-image test subset, binarized once with
     torch.manual_seed(0); NELBO, KL, Rec averaged over 100 repeats; negative IWAE-m for each m
     averaged over max(100 // m, 1) repeats.
 full (the literature's): all 10,000 test images binarized once with a fixed seed; NELBO, KL, Rec

@@ -1,4 +1,4 @@
-"""Fully connected encoder and decoder. "v1" is the cs236 MLP of REFERENCE.md: x - 300 - ELU - 300 - ELU - out."""
+"""Fully connected encoder and decoder. "v1" is the cs236 MLP of docs/reference.md: x - 300 - ELU - 300 - ELU - out."""
 
 from __future__ import annotations
 

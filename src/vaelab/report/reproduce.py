@@ -2,7 +2,7 @@
 
 Each experiment is a preset plus overrides, trained for each seed into OUT/runs/<name>-seed<s>,
 evaluated with its protocol, and drawn (samples, reconstructions, training curves). OUT/report.md
-and OUT/report.html put every measured metric beside the write-ups' numbers (REFERENCE.md) with the
+and OUT/report.html put every measured metric beside the write-ups' numbers (docs/reference.md) with the
 wall time of each run. Finished runs are reused, so an interrupted reproduction picks up where it
 stopped.
 """
@@ -37,7 +37,7 @@ class Experiment:
     protocol: str = "cs236"
     iws: tuple = (1, 10, 100, 1000)
     quick_steps: int = 1000
-    # metric -> {source: value}, the numbers of REFERENCE.md section 1
+    # metric -> {source: value}, the numbers of docs/reference.md section 1
     reference: dict = field(default_factory=dict)
     # the metrics of the report's summary table
     headline: tuple = ("nelbo", "niwae_1000")
@@ -195,7 +195,7 @@ def write_report(suite: str, out: Path, experiments, results: dict, quick: bool 
 
 
 def _markdown(title: str, blocks) -> str:
-    lines = [f"# {title}", "", "Nats for bounds (lower is better); accuracy on all 10,000 test images. Reference columns: REFERENCE.md.", ""]
+    lines = [f"# {title}", "", "Nats for bounds (lower is better); accuracy on all 10,000 test images. Reference columns: docs/reference.md.", ""]
     for name, header, rows, images, notes in blocks:
         lines += [f"## {name}", ""] + [f"- {n}" for n in notes] + [""]
         lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows] + [""]
@@ -209,7 +209,7 @@ def _html(title: str, blocks) -> str:
              "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse;margin:1em 0}"
              "td,th{border:1px solid #bbb;padding:4px 10px;text-align:right}td:first-child,th:first-child{text-align:left}"
              "figure{display:inline-block;margin:0.5em}img{max-width:100%}</style></head><body>",
-             f"<h1>{e(title)}</h1><p>Nats for bounds (lower is better); accuracy on all 10,000 test images. Reference columns: REFERENCE.md.</p>"]
+             f"<h1>{e(title)}</h1><p>Nats for bounds (lower is better); accuracy on all 10,000 test images. Reference columns: docs/reference.md.</p>"]
     for name, header, rows, images, notes in blocks:
         parts.append(f"<section><h2>{e(name)}</h2><ul>" + "".join(f"<li>{e(n)}</li>" for n in notes) + "</ul>")
         parts.append("<table><thead><tr>" + "".join(f"<th>{e(h)}</th>" for h in header) + "</tr></thead><tbody>"
