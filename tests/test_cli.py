@@ -195,10 +195,8 @@ def test_plot_kinds(cli, trained_run, tmp_path, kind):
     image = matplotlib.image.imread(out)
     assert image.shape[0] > 50 and image.shape[1] > 50
     assert image.std() > 0.01  # not a blank canvas
-    if kind == "interpolation":
-        assert image.shape[:2] == (8 * 30 + 2, 10 * 30 + 2)  # 8 pairs x 10 steps
-    if kind == "traversal":
-        assert image.shape[:2] == (4 * 30 + 2, 9 * 30 + 2)  # z_dim 4 rows x 9 values
+    if kind in ("interpolation", "traversal"):
+        assert image.shape[1] >= 600  # labelled and large enough to read (the bare grid was 272 px wide)
 
 
 def test_plot_kl_needs_factorised_kl(cli, tmp_path, tiny_data):
@@ -249,3 +247,25 @@ def test_compile_without_a_cpp_compiler_is_a_one_line_error(cli, tiny_data, trai
     proc = cli("eval", trained_run, "--compile", "--iw", "1", "--device", "cpu", "--data-dir", tiny_data)
     _one_line_error(proc, "--compile", "C++ compiler")
     assert sorted(p.name for p in trained_run.iterdir()) == before  # nothing written
+
+
+def test_a_run_is_named_by_its_preset_everywhere(cli, tiny_data, tmp_path):
+    """A GMVAE is a VAE with a mixture prior: its summary, evaluation and comparison say gmvae, not vae."""
+    run = tmp_path / "gm"
+    proc = cli("train", "gmvae", "--steps", "13", "--batch-size", "20", "--hidden", "16", "--components", "5", "--log-every", "10",
+               "--data-dir", tiny_data, "--out", run, "--device", "cpu", "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("trained gmvae for 13 steps") and "last 3 steps:" in proc.stdout  # 13 = 10 + 3
+    summary = json.loads((run / "summary.json").read_text())
+    assert (summary["label"], summary["model"], summary["final_steps"]) == ("gmvae", "vae", 3)
+    proc = cli("eval", run, "--data-dir", tiny_data, "--device", "cpu", "--iw", "1")
+    assert proc.stdout.startswith("gmvae on mnist")
+    assert json.loads((run / "eval-cs236.json").read_text())["label"] == "gmvae"
+    proc = cli("compare", run, "--out", tmp_path / "cmp")
+    assert "| gmvae (vae, hidden 16, prior mog, prior_components 5, ELBO" in proc.stdout
+
+
+def test_iwae_objective_with_one_sample_is_refused(cli, tiny_data, tmp_path):
+    proc = cli("train", "vae", "--objective", "iwae", "--data-dir", tiny_data, "--out", tmp_path / "r")
+    assert proc.returncode == 1 and "objective.k: the IWAE objective with k = 1 is the ELBO" in proc.stderr
+    assert not (tmp_path / "r").exists()

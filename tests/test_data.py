@@ -259,3 +259,23 @@ def test_idx_headers_of_the_wrong_kind_are_refused_before_reading(tmp_path, tiny
     data.write_idx(root / "mnist" / "train-labels-idx1-ubyte", np.zeros(600, dtype=np.int32))
     with pytest.raises(DataError, match=r"train-labels-idx1-ubyte: expected uint8 labels"):
         data.load("mnist", "train", root, download_missing=False)
+
+
+def test_a_published_file_damaged_on_disk_is_refused(tmp_path, real_data):
+    """1,000 random bytes written into the middle of MNIST's test images: same size, same header, different
+    bytes; refused by the published sha256 instead of being trained or evaluated on."""
+    shutil.copytree(real_data / "mnist", tmp_path / "mnist")
+    path = next(p for p in (tmp_path / "mnist").iterdir() if p.name.startswith("t10k-images"))
+    if path.suffix == ".gz":
+        raw = gzip.decompress(path.read_bytes())
+        path.unlink()
+        path = path.with_suffix("")
+    else:
+        raw = path.read_bytes()
+    damaged = bytearray(raw)
+    damaged[4_000_000:4_001_000] = np.random.default_rng(0).integers(0, 256, 1000, dtype=np.uint8).tobytes()
+    path.write_bytes(bytes(damaged))
+    with pytest.raises(DataError, match=r"t10k-images-idx3-ubyte: its bytes differ from the published file's .* delete it"):
+        data.load("mnist", "test", tmp_path, download_missing=False)
+    path.write_bytes(raw)  # the intact file loads
+    assert len(data.load("mnist", "test", tmp_path, download_missing=False)) == 10000

@@ -177,7 +177,7 @@ def test_ssvae_and_cvae_cli_on_tiny_data(tiny_data, tmp_path, capsys):
     import matplotlib.image
 
     grid = matplotlib.image.imread(tmp_path / "cv" / "samples.png")
-    assert grid.shape[:2] == (3 * 30 + 2, 10 * 30 + 2)  # 3 z rows x 10 labels
+    assert grid.shape[1] > 10 * 30 and grid.shape[0] > 3 * 30  # 3 z rows x 10 labels, with named rows and columns
 
 
 def test_cs236_labelled_subset_needs_mnist():

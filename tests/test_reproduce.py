@@ -15,9 +15,24 @@ from vaelab.report.reproduce import CS236
 def report_dir(real_data, tmp_path_factory):
     out = tmp_path_factory.mktemp("reproduce")
     args = ["reproduce", "cs236", "--steps", "3", "--runs", "2", "--only", "vae,ssvae,cvae", "--out", str(out),
-            "--data-dir", str(real_data), "--device", "cpu", "--no-progress"]
+            "--data-dir", str(real_data), "--device", "cpu", "--no-progress", "--threads", "1"]
     assert main(args) == 0
     return out
+
+
+def test_threads_reach_every_training(report_dir):
+    for run in (report_dir / "runs").iterdir():
+        assert json.loads((run / "summary.json").read_text())["threads"] == 1
+
+
+def test_no_progress_still_says_where_it_is(report_dir, tmp_path, capsys):
+    import shutil
+
+    out = tmp_path / "copy"
+    shutil.copytree(report_dir, out)  # its finished runs are reused; report_dir's own report stays whole
+    main(["reproduce", "cs236", "--steps", "3", "--only", "vae", "--out", str(out), "--no-progress"])
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == "reproduce: vae seed 0 (1/1)..." and err[1].startswith("reproduce: vae seed 0 done in")
 
 
 def test_report_lists_every_experiment_with_reference_numbers(report_dir):
@@ -56,7 +71,7 @@ def test_suite_covers_the_assignment():
     assert [e.name for e in CS236] == ["vae", "gmvae", "ssvae_gen0", "ssvae", "cvae"]
 
 
-CHECK_SCRIPT = """
+CHECK_SCRIPT = r"""
 <script>
 window.addEventListener('load', () => {
   const images = [...document.images];
@@ -66,6 +81,8 @@ window.addEventListener('load', () => {
     images: images.length,
     rendered: images.filter(img => img.complete && img.naturalWidth > 0).length,
     tableWidth: Math.min(...[...document.querySelectorAll('table')].map(t => t.getBoundingClientRect().width)),
+    code: document.querySelectorAll('code').length,
+    rawMarkdown: (document.body.innerText.match(/`|\*\*|!\[|\|\s*---|^#+ /gm) || []).length,
   };
   document.body.setAttribute('data-check', JSON.stringify(result));
 });
@@ -106,3 +123,4 @@ def test_html_report_renders_in_headless_chromium(report_dir, tmp_path):
     assert result["images"] == report.count("<img ") >= 3
     assert result["rendered"] == result["images"], "some figures did not load"
     assert result["tableWidth"] > 100
+    assert result["rawMarkdown"] == 0 and result["code"] >= 1  # `preset` rendered as code, no backticks or pipes left as text

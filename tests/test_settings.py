@@ -139,6 +139,7 @@ def test_free_bits_groups_need_per_dimension_kl():
     set_key(cfg, "objective.free_bits_group", "0")
     validate(cfg)
     set_key(cfg, "objective.kind", "iwae")
+    set_key(cfg, "objective.k", "5")
     with pytest.raises(ConfigError, match="objective.free_bits"):
         validate(cfg)
 

@@ -19,7 +19,7 @@ from .distributions import LIKELIHOODS, POSTERIORS, PRIORS
 from .errors import TrainingInterrupted, VaelabError
 from .evaluation import DEFAULT_BUDGET
 from .nets import NETS
-from .training.config import list_presets, load_preset, parse_override, set_key
+from .training.config import list_presets, load_preset, parse_override, run_label, set_key
 
 # Flags of `vaelab train` that are shorthands for config keys.
 TRAIN_FLAGS = {
@@ -184,7 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--only", help="comma-separated experiment names (vae, gmvae, ssvae_gen0, ssvae, cvae)")
     p.add_argument("--data-dir", help="data root (default $VAELAB_DATA, else ~/.cache/vaelab)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default auto)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads for torch in every training (default 0: one per core)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (one line per experiment still says where it is)")
     return parser
 
 
@@ -230,8 +231,8 @@ def _report_training(summary: dict, cfg, run_dir) -> int:
     if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 reports
         return 0
     final = summary["final"]
-    print(f"trained {summary['model']} for {summary['steps']} steps in {summary['train_seconds']:.1f} s "
-          f"({summary['images_per_second']:.0f} images/s); last {cfg.train.log_every} steps: "
+    print(f"trained {summary['label']} for {summary['steps']} steps in {summary['train_seconds']:.1f} s "
+          f"({summary['images_per_second']:.0f} images/s); last {summary['final_steps']} steps: "
           f"NELBO {final['nelbo']:.2f}, KL {final['kl']:.2f}, Rec {final['rec']:.2f}; run directory {run_dir}")
     return 0
 
@@ -256,13 +257,13 @@ def cmd_eval(args) -> int:
         raise VaelabError(f"--protocol cs236 is defined on MNIST's test subset; {args.run_dir} was trained on {cfg.data.dataset}: use --protocol full")
     say = None if args.json else (lambda label: print(f"  {label} ...", file=sys.stderr, flush=True))
     result = evaluate(model, load_test(), args.protocol, args.iw, args.seed, args.budget, progress=say, compile=args.compile)
-    result = {"run": str(args.run_dir), "model": cfg.model.name, "dataset": cfg.data.dataset, **result}
+    result = {"run": str(args.run_dir), "model": cfg.model.name, "label": run_label(cfg), "dataset": cfg.data.dataset, **result}
     if not args.no_save:
         atomic_write_text(args.run_dir / f"eval-{args.protocol}.json", json.dumps(result, indent=2) + "\n")
     if args.json:
         print(json.dumps(result))
     else:
-        print(f"{cfg.model.name} on {cfg.data.dataset}, protocol {args.protocol} ({result['images']} test images), nats:")
+        print(f"{run_label(cfg)} on {cfg.data.dataset}, protocol {args.protocol} ({result['images']} test images), nats:")
         groups = {key[3:]: value for key, value in result.items() if key.startswith("kl_")}
         print(f"  NELBO {result['nelbo']:.2f}   KL {result['kl']:.2f}   Rec {result['rec']:.2f}"
               + (f"   ({', '.join(f'KL_{name} {value:.2f}' for name, value in groups.items())})" if len(groups) > 1 else "")
@@ -304,12 +305,12 @@ def cmd_plot(args) -> int:
         return 0
     model, cfg, device, load_test = _load(args)
     x, y = evaluation.evaluation_set("full", load_test(), model.binary_pixels)
-    shape = tuple(cfg.model.image_shape)
     with torch.no_grad():
+        label = run_label(cfg)
         if args.kind == "interpolation":
-            figures.save_grid(out, figures.interpolation(model, x, y=y), 10, shape)
+            figures.interpolation_figure(model, x, out, f"{args.run_dir.name} ({label}): interpolations between posterior means", y=y)
         elif args.kind == "traversal":
-            figures.save_grid(out, figures.traversal(model, x, y=y), 9, shape)
+            figures.traversal_figure(model, x, out, f"{args.run_dir.name} ({label}): one latent varied per row", y=y)
         elif args.kind == "latents":
             figures.latent_scatter(model, x[: args.images], y[: args.images], out, title=f"{args.run_dir.name}: posterior means")
         else:
@@ -337,7 +338,7 @@ def cmd_reproduce(args) -> int:
             raise VaelabError(f"--only: unknown experiment(s) {', '.join(unknown)} (choose from {', '.join(sorted(known))})")
     data_dir = str(Path(args.data_dir).expanduser().resolve()) if args.data_dir else None
     report = reproduce(args.suite, args.out, quick=args.quick, runs=args.runs, data_dir=data_dir, device=args.device,
-                       steps=args.steps, progress=not args.no_progress, only=only)
+                       steps=args.steps, progress=not args.no_progress, only=only, threads=args.threads)
     print(report.read_text())
     print(f"wrote {report} and {report.with_suffix('.html')}")
     return 0

@@ -37,6 +37,8 @@ class DatasetSpec:
     mirrors: tuple[str, ...]
     checksums: dict
     remote_suffix: str = ""
+    classes: tuple[str, ...] = tuple(str(d) for d in range(10))
+    """The names of labels 0..9, for figures."""
 
     def candidates(self, base: str) -> tuple[str, ...]:
         return (base, base + ".gz") if self.format == "idx" else (base,)
@@ -81,6 +83,7 @@ DATASETS = {
             "t10k-labels-idx1-ubyte": "sha256:0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
         },
         remote_suffix=".gz",
+        classes=("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
     ),
     # The official cropped-digit files (http://ufldl.stanford.edu/housenumbers/); md5 as published
     # with torchvision's SVHN dataset.
@@ -208,9 +211,20 @@ class ImageSet:
         return images.reshape(images.shape[0], -1).float().div_(255.0)
 
 
-def _load_idx(images_path: Path, labels_path: Path) -> tuple[np.ndarray, np.ndarray]:
+# The shapes of the published IDX files (MNIST and Fashion-MNIST alike): a file of one of these shapes
+# must have the published checksum, so damage inside a file on disk is caught, not trained on.
+PUBLISHED_SHAPES = {(60000, 28, 28), (10000, 28, 28), (60000,), (10000,)}
+
+
+def _load_idx(images_path: Path, labels_path: Path, spec: DatasetSpec) -> tuple[np.ndarray, np.ndarray]:
     """Labels first, then images whose header must agree with them (N, H, W uint8 for N labels): a file
-    whose header disagrees is refused before its payload is read, so a gzip bomb costs no memory."""
+    whose header disagrees is refused before its payload is read, so a gzip bomb costs no memory. A
+    file of a published file's shape must match its sha256 (other shapes are the user's own data)."""
+
+    def published(path: Path):
+        base = path.name.removesuffix(".gz")
+        checksum = spec.checksums.get(base, "")
+        return lambda shape: checksum.split(":", 1)[1] if tuple(shape) in PUBLISHED_SHAPES and checksum.startswith("sha256:") else None
 
     def check_labels(shape, dtype):
         if len(shape) != 1 or dtype != np.uint8:
@@ -222,10 +236,10 @@ def _load_idx(images_path: Path, labels_path: Path) -> tuple[np.ndarray, np.ndar
         if shape[0] != labels.shape[0]:
             raise DataError(f"{labels_path}: expected {shape[0]} labels to match {images_path.name}, got shape {labels.shape}")
 
-    labels = read_idx(labels_path, check_labels)
+    labels = read_idx(labels_path, check_labels, published(labels_path))
     if labels.size and labels.max() > 9:
         raise DataError(f"{labels_path}: labels must lie in 0..9")
-    images = read_idx(images_path, check_images)
+    images = read_idx(images_path, check_images, published(images_path))
     if images.shape[0] == 0:
         raise DataError(f"{images_path}: holds no images")
     return images, labels
@@ -238,7 +252,7 @@ def load(dataset: str = "mnist", split: str = "train", data_dir=None, device="cp
         raise DataError(f"unknown split {split!r} of {dataset} (choose from {', '.join(spec.splits)})")
     folder = locate(dataset, data_dir, download_missing, splits=[split])
     paths = [_existing(spec, folder, base) for base in spec.splits[split]]
-    images, labels = _load_idx(*paths) if spec.format == "idx" else read_svhn_mat(paths[0])
+    images, labels = _load_idx(*paths, spec) if spec.format == "idx" else read_svhn_mat(paths[0])
     # read_idx's arrays are writable views of their own buffers, so torch takes them without a copy.
     images = images if images.flags.writeable else images.copy()
     return ImageSet(torch.from_numpy(images).to(device), torch.from_numpy(labels.astype(np.int64)).to(device), f"{dataset}-{split}")
@@ -248,6 +262,30 @@ def binarize(pixels: torch.Tensor, generator: torch.Generator | None = None) -> 
     """One Bernoulli draw per pixel: x ~ Bernoulli(pixel), with torch.bernoulli's random stream.
     The fixed evaluation sets are drawn this way, so their numbers stay comparable across versions."""
     return torch.bernoulli(pixels, generator=generator)
+
+
+def model_input(images, binary: bool = True, seed: int | None = 0, device=None) -> torch.Tensor:
+    """Images as a dataset gives them, as the flat float pixels a model takes.
+
+    `images`: a tensor or numpy array, uint8 in 0..255 or float in [0, 1], of shape (N, H, W),
+    (N, C, H, W) or already flat (N, D); one image without the N axis is taken as a batch of one only if
+    you add it. Returns (N, D) float32 values / 255 and, for a model of binary pixels (`model.binary_pixels`),
+    one Bernoulli draw of them, seeded by `seed` (None: torch's global stream) as the evaluation sets are."""
+    x = torch.as_tensor(images)
+    if x.ndim < 2:
+        raise DataError(f"images: expected a batch (N, H, W), (N, C, H, W) or (N, D), got shape {tuple(x.shape)}")
+    if x.dtype == torch.uint8:
+        x = x.float().div_(255.0)
+    elif x.is_floating_point():
+        if x.numel() and (float(x.min()) < 0 or float(x.max()) > 1):
+            raise DataError("images: float pixels must lie in [0, 1] (uint8 images are divided by 255)")
+        x = x.float()
+    else:
+        raise DataError(f"images: expected uint8 or float pixels, got {x.dtype}")
+    x = x.reshape(x.shape[0], -1)
+    if binary:
+        x = binarize(x.cpu(), torch.Generator().manual_seed(seed) if seed is not None else None)
+    return x.to(device) if device is not None else x
 
 
 def binarize_batch(images: torch.Tensor) -> torch.Tensor:

@@ -6,6 +6,7 @@ Readers validate before they allocate and raise DataError naming the file for an
 from __future__ import annotations
 
 import gzip
+import hashlib
 import os
 import struct
 import zlib
@@ -30,12 +31,14 @@ MAX_IDX_BYTES = 1 << 30
 _READ_CHUNK = 1 << 20
 
 
-def read_idx(path: str | os.PathLike, check=None) -> np.ndarray:
+def read_idx(path: str | os.PathLike, check=None, sha256_for=None) -> np.ndarray:
     """Read an IDX file (raw or gzip-compressed) into a numpy array of its declared shape.
 
     Raises DataError naming the file for a wrong magic number, an unknown type code, a declared
     size that disagrees with the payload (truncated or trailing bytes), or an unreadable gzip stream.
     `check(shape, dtype)` may refuse the header (raising DataError) before any of the payload is read.
+    `sha256_for(shape)` may name the sha256 the file's (decompressed) bytes must have: a file with the
+    shape of a published one must be that file, byte for byte.
     """
     path = Path(path)
     try:
@@ -66,6 +69,13 @@ def read_idx(path: str | os.PathLike, check=None) -> np.ndarray:
                 if available != n_bytes:
                     raise DataError(f"{path}: IDX header declares shape {shape} ({n_bytes} bytes) but the file holds {available}")
             payload = _read_exactly(f, n_bytes, path, shape)
+            expected = sha256_for(shape) if sha256_for is not None else None
+            if expected is not None:
+                digest = hashlib.sha256(header + dims_raw)
+                digest.update(payload)
+                if digest.hexdigest() != expected:
+                    raise DataError(f"{path}: its bytes differ from the published file's (sha256 {digest.hexdigest()[:12]}..., "
+                                    f"expected {expected[:12]}...); delete it to download it again")
     except (OSError, EOFError, zlib.error) as exc:
         if isinstance(exc, FileNotFoundError):
             raise DataError(f"{path}: file not found") from None

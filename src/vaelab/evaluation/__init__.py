@@ -3,8 +3,8 @@ latent-space diagnostics (diagnostics.py), for any model, through the model cont
 
 from .bounds import DEFAULT_BUDGET, elbo_terms, iwae_per_image, model_batch, plan_chunks
 from .diagnostics import accuracy, active_units, continuous_codes, kl_per_dimension, posterior_means
-from .protocols import DEFAULT_IW, NELBO_REPEATS, PROTOCOLS, evaluate, evaluation_set
+from .protocols import DEFAULT_IW, NELBO_REPEATS, PROTOCOLS, evaluate, evaluate_images, evaluation_set
 
 __all__ = ["DEFAULT_BUDGET", "elbo_terms", "iwae_per_image", "model_batch", "plan_chunks", "accuracy", "active_units",
            "continuous_codes", "kl_per_dimension", "posterior_means", "DEFAULT_IW", "NELBO_REPEATS", "PROTOCOLS", "evaluate",
-           "evaluation_set"]
+           "evaluate_images", "evaluation_set"]

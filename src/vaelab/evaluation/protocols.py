@@ -18,6 +18,7 @@ import torch
 
 from .. import data as data_mod
 from ..devices import check_compile_toolchain
+from ..errors import DataError
 from .bounds import DEFAULT_BUDGET, elbo_terms, iwae_per_image
 from .diagnostics import accuracy, active_units
 
@@ -37,6 +38,32 @@ def evaluation_set(protocol: str, test: data_mod.ImageSet, binary: bool = True, 
         return data_mod.cs236_test_subset(test, binarize_seed)
     x = data_mod.binarized_test_set(test, binarize_seed) if binary else test.pixels()
     return x, test.labels
+
+
+@torch.no_grad()
+def evaluate_images(model, images, labels=None, iws=(1, 10, 100, 1000), seed: int = 0, repeats: int = 10,
+                    budget: int = DEFAULT_BUDGET) -> dict:
+    """Bounds on log p(x) (or log p(x | y)) for images as a dataset gives them: uint8 or [0, 1] floats,
+    (N, H, W), (N, C, H, W) or flat (see data.model_input). For a binary model the images are binarized
+    once with seed 0; `seed` fixes the z draws. Returns nats: nelbo, kl, rec (means over `repeats` draws)
+    and niwae_<m> with niwae_<m>_sem, its standard error over images, for each m in iws."""
+    device = next(model.parameters()).device
+    x = data_mod.model_input(images, model.binary_pixels, 0, device)
+    if x.shape[1] != model.config.x_dim:
+        raise DataError(f"images: {x.shape[1]} pixels each, the model takes {model.config.x_dim}")
+    y = None if labels is None else torch.as_tensor(labels, device=device).long()
+    was_training = model.training
+    model.eval()
+    result = {"images": int(x.shape[0]), "binarized": model.binary_pixels, "eval_seed": seed}
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        result.update(elbo_terms(model, x, repeats, budget, y))
+        for m in iws:
+            bound = iwae_per_image(model, x, m, 1, budget, y)
+            result[f"niwae_{m}"] = float(-bound.mean())
+            result[f"niwae_{m}_sem"] = float(bound.std() / math.sqrt(len(bound))) if len(bound) > 1 else None
+    model.train(was_training)
+    return result
 
 
 def evaluate(model, test: data_mod.ImageSet, protocol: str = "cs236", iws=None, seed: int = 0,

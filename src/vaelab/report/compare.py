@@ -19,7 +19,8 @@ def describe(cfg: dict) -> str:
     """A short description of a run's settings: the model, then every model and objective setting that
     differs from that model's defaults, e.g. 'vae, prior mog, ELBO, z=10, mnist'."""
     m, o = cfg["model"], cfg["objective"]
-    parts = [m["name"]]
+    label = cfg.get("train", {}).get("label") or m["name"]
+    parts = [label if label == m["name"] else f"{label} ({m['name']}"]
     try:
         resolved = RunConfig.from_dict(migrate_legacy(cfg), source="config.json")
         defaults = RunConfig.from_dict({"model": {"name": m["name"]}})
@@ -34,7 +35,7 @@ def describe(cfg: dict) -> str:
                 parts.append(f"{key} {getattr(resolved.objective, key)}")
     parts.append(f"IWAE k={o['k']}" if o["kind"] == "iwae" else "ELBO")
     parts.append(f"z={m['z_dim']}, {cfg['data']['dataset']}")
-    return ", ".join(parts)
+    return ", ".join(parts) + (")" if label != m["name"] else "")
 
 
 def run_row(run_dir: Path) -> dict:

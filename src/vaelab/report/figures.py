@@ -29,6 +29,25 @@ def save_grid(path: str | Path, images, ncol: int, image_shape=(28, 28)) -> Path
     return path
 
 
+def labelled_grid(path, images: torch.Tensor, image_shape, title: str, row_labels=(), col_labels=(),
+                  xlabel: str = "", ylabel: str = "", cell_inches: float = 0.6) -> Path:
+    """Images (rows, cols, D) as one figure whose rows and columns are named (which latent, which value,
+    which class), at cell_inches per image, so the grid can be read without a legend elsewhere."""
+    import matplotlib.pyplot as plt
+
+    rows, cols = images.shape[:2]
+    grid = np.clip(image_grid(images.flatten(0, 1), cols, image_shape, pad_value=0.5), 0.0, 1.0)
+    fig, ax = plt.subplots(figsize=(cols * cell_inches + 1.6, rows * cell_inches + 1.2))
+    ax.imshow(grid, cmap="gray" if grid.ndim == 2 else None, vmin=0.0, vmax=1.0)
+    height, width = grid.shape[:2]
+    ax.set_xticks([(j + 0.5) * width / cols for j in range(cols)], list(col_labels) or [""] * cols,
+                  rotation=45 if any(len(str(c)) > 4 for c in col_labels) else 0, fontsize=8)
+    ax.set_yticks([(i + 0.5) * height / rows for i in range(rows)], list(row_labels) or [""] * rows, fontsize=8)
+    ax.tick_params(length=0)
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    return _save(fig, path)
+
+
 def prior_samples(model, n: int, seed: int = 0, mode: str = "mean") -> torch.Tensor:
     """n images from the model: decoder means for codes drawn from the prior, or a Bernoulli draw of them."""
     with torch.random.fork_rng(devices=[]):
@@ -61,8 +80,13 @@ def write_sample_grids(model, cfg, test, out, recon_out, n: int = 200, ncol: int
     if int(np.prod(shape)) != cfg.model.x_dim:
         raise VaelabError(f"model.image_shape {shape} does not match model.x_dim {cfg.model.x_dim} in config.json")
     if model.spec.label_code is not None:
+        from ..data import DATASETS
+
         grid = label_grid(model, max(1, n // model.classes), seed)
-        save_grid(out, grid.flatten(0, 1), grid.shape[1], shape)
+        spec = DATASETS.get(cfg.data.dataset)
+        names = spec.classes[: grid.shape[1]] if spec is not None else [str(c) for c in range(grid.shape[1])]
+        labelled_grid(out, grid, shape, f"{cfg.train.label or cfg.model.name}: one draw of z per row, decoded under every label",
+                      col_labels=names, xlabel="label y (content)", ylabel="draw of z (style)")
     else:
         save_grid(out, prior_samples(model, n, seed, mode), ncol, shape)
     written = [Path(out)]
@@ -104,7 +128,7 @@ def interpolation(model, x: torch.Tensor, pairs: int = 8, steps: int = 10, y: to
 @torch.no_grad()
 def traversal(model, x: torch.Tensor, span: float = 3.0, steps: int = 9, y: torch.Tensor | None = None) -> torch.Tensor:
     """Row j varies latent dimension j over [-span, span] with the others at the posterior mean of x[0]:
-    (d * steps, D). Shows what each dimension encodes (disentanglement in beta-VAEs)."""
+    (d, steps, D). Shows what each dimension encodes (disentanglement in beta-VAEs)."""
     codes = model.encode(model_batch(model, x, y, 0, 1))
     name = _continuous(codes)
     base = codes[name][0]
@@ -114,7 +138,24 @@ def traversal(model, x: torch.Tensor, span: float = 3.0, steps: int = 9, y: torc
     z[torch.arange(d), :, torch.arange(d)] = values
     path = {key: value.expand(d * steps, *value.shape[1:]) for key, value in codes.items() if key != name}
     path[name] = z.reshape(-1, d)
-    return model.decode(path)
+    return model.decode(path).view(d, steps, -1)
+
+
+def traversal_figure(model, x: torch.Tensor, path, title: str, span: float = 3.0, steps: int = 9, y=None) -> Path:
+    images = traversal(model, x, span, steps, y)
+    name = _continuous(model.encode(model_batch(model, x, y, 0, 1)))
+    values = torch.linspace(-span, span, steps).tolist()
+    return labelled_grid(path, images, tuple(model.config.image_shape), title,
+                         row_labels=[f"{name}[{j}]" for j in range(images.shape[0])], col_labels=[f"{v:+.2g}" for v in values],
+                         xlabel="value of the latent (the others at the posterior mean of one test image)",
+                         ylabel="latent dimension varied")
+
+
+def interpolation_figure(model, x: torch.Tensor, path, title: str, pairs: int = 8, steps: int = 10, y=None) -> Path:
+    images = interpolation(model, x, pairs, steps, y).view(pairs, steps, -1)
+    return labelled_grid(path, images, tuple(model.config.image_shape), title,
+                         row_labels=[f"{2 * i}->{2 * i + 1}" for i in range(pairs)], col_labels=[f"{t:.2g}" for t in torch.linspace(0, 1, steps).tolist()],
+                         xlabel="t: (1 - t) mean(z|x_a) + t mean(z|x_b)", ylabel="test images a->b")
 
 
 def pca_2d(points: torch.Tensor) -> torch.Tensor:
@@ -152,22 +193,37 @@ def kl_bar_chart(kl: torch.Tensor, path, title: str = "", threshold: float = 0.0
     return _save(fig, path)
 
 
-def training_curves(histories: dict, path, keys=("loss", "kl", "rec")) -> Path:
-    """One panel per metric, one line per run: histories maps run name -> list of metrics.jsonl records."""
+# What each logged quantity is, for curve titles. The NELBO is the true (beta = 1) bound whatever the
+# objective trained, so runs of different objectives (beta-VAE, IWAE, free bits) compare on one scale.
+CURVE_TITLES = {
+    "nelbo": "NELBO = Rec + KL (beta = 1)",
+    "kl": "KL(q(z|x) || p(z))",
+    "rec": "Rec = -E_q log p(x|z)",
+    "loss": "training loss (the run's own objective)",
+}
+
+
+def training_curves_figure(histories: dict, keys=("nelbo", "kl", "rec")):
+    """One panel per metric, one line per run (histories: run name -> metrics.jsonl records), in nats
+    per training image, averaged over each logging interval."""
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.4), squeeze=False)
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.4 * len(keys), 3.6), squeeze=False)
     for ax, key in zip(axes[0], keys):
         for name, records in histories.items():
             points = [(r["step"], r[key]) for r in records if key in r]
             if points:
                 steps, values = zip(*points)
                 ax.plot(steps, values, label=name, lw=1.2)
-        ax.set(xlabel="step", ylabel=key, title=key)
+        ax.set(xlabel="training step", ylabel="nats per image (training batches)", title=CURVE_TITLES.get(key, key))
         if key in ("loss", "nelbo", "rec"):
             _clip_to_tail(ax, histories, key)
-    axes[0][0].legend(fontsize=7)
-    return _save(fig, path)
+    axes[0][0].legend(fontsize=7, title="run")
+    return fig
+
+
+def training_curves(histories: dict, path, keys=("nelbo", "kl", "rec")) -> Path:
+    return _save(training_curves_figure(histories, keys), path)
 
 
 def _clip_to_tail(ax, histories, key):

@@ -14,6 +14,7 @@ import json
 import math
 import shutil
 import statistics
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,7 @@ from ..devices import resolve_device
 from ..errors import ConfigError
 from ..evaluation import evaluate
 from ..training import load_preset, set_key, train
+from ..training.config import run_label
 from ..training.files import atomic_write_text, read_jsonl
 from ..training.runs import METRICS_FILE, SUMMARY_FILE, load_run
 from .figures import training_curves, write_sample_grids
@@ -73,7 +75,8 @@ METRIC_NAMES = {"nelbo": "NELBO", "kl": "KL", "rec": "Rec", "kl_z": "KL_z", "kl_
                 "niwae_5000": "-IWAE-5000", "active_units": "active units"}
 
 
-def run_experiment(exp: Experiment, seed: int, out: Path, data_dir, device: str, steps: int | None, progress: bool) -> Path:
+def run_experiment(exp: Experiment, seed: int, out: Path, data_dir, device: str, steps: int | None, progress: bool,
+                   threads: int = 0) -> Path:
     """Train, evaluate and draw one (experiment, seed); reuse the run if it already finished."""
     run_dir = out / "runs" / f"{exp.name}-seed{seed}"
     if (run_dir / TIMING_FILE).is_file():
@@ -84,7 +87,7 @@ def run_experiment(exp: Experiment, seed: int, out: Path, data_dir, device: str,
     cfg = load_preset(exp.preset)
     for key, value in exp.overrides.items():
         set_key(cfg, key, value)
-    cfg.train.seed, cfg.train.device = seed, device
+    cfg.train.seed, cfg.train.device, cfg.train.threads = seed, device, threads
     cfg.data.data_dir = str(data_dir) if data_dir else None
     if steps is not None:
         cfg.train.steps = steps
@@ -95,7 +98,7 @@ def run_experiment(exp: Experiment, seed: int, out: Path, data_dir, device: str,
     model, cfg = load_run(run_dir, device)
     test = data_mod.load(cfg.data.dataset, "test", cfg.data.data_dir, device, cfg.data.download)
     result = evaluate(model, test, exp.protocol, exp.iws, seed=0)
-    result = {"run": str(run_dir), "model": cfg.model.name, "dataset": cfg.data.dataset, **result}
+    result = {"run": str(run_dir), "model": cfg.model.name, "label": run_label(cfg), "dataset": cfg.data.dataset, **result}
     write_sample_grids(model, cfg, test, run_dir / "samples.png", run_dir / "reconstructions.png")
     training_curves({run_dir.name: read_jsonl(run_dir / METRICS_FILE)}, run_dir / "curves.png")
     atomic_write_text(run_dir / f"eval-{exp.protocol}.json", json.dumps(result, indent=2) + "\n")
@@ -105,20 +108,28 @@ def run_experiment(exp: Experiment, seed: int, out: Path, data_dir, device: str,
 
 
 def reproduce(suite: str, out: str | Path, quick: bool = False, runs: int = 1, data_dir=None, device: str = "auto",
-              steps: int | None = None, progress: bool = True, only=None) -> Path:
+              steps: int | None = None, progress: bool = True, only=None, threads: int = 0) -> Path:
     """Run a suite's experiments for seeds 0..runs-1 and write OUT/report.md and OUT/report.html.
     `steps` overrides every experiment's step count (tests); `quick` uses each experiment's short schedule."""
     if suite not in SUITES:
         raise ConfigError(f"unknown suite {suite!r} (choose from {', '.join(SUITES)})")
     if runs < 1:
         raise ConfigError(f"--runs: must be >= 1 (got {runs})")
+    if threads < 0:
+        raise ConfigError(f"--threads: must be >= 0 (got {threads})")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     experiments = [e for e in SUITES[suite] if only is None or e.name in only]
     results = {}
     for exp in experiments:
         exp_steps = steps if steps is not None else (exp.quick_steps if quick else None)
-        results[exp.name] = [run_experiment(exp, seed, out, data_dir, device, exp_steps, progress) for seed in range(runs)]
+        results[exp.name] = []
+        for seed in range(runs):
+            # One line per experiment on stderr, so a run without progress bars still says where it is.
+            print(f"reproduce: {exp.name} seed {seed} ({len(results) }/{len(experiments)})...", file=sys.stderr, flush=True)
+            start = time.perf_counter()
+            results[exp.name].append(run_experiment(exp, seed, out, data_dir, device, exp_steps, progress, threads))
+            print(f"reproduce: {exp.name} seed {seed} done in {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
     return write_report(suite, out, experiments, results, quick=quick, steps=steps)
 
 
@@ -190,7 +201,7 @@ def write_report(suite: str, out: Path, experiments, results: dict, quick: bool 
     blocks.insert(0, ("Summary", summary_header, summary_rows, [], ["details, figures and every metric of each experiment below"]))
     md = _markdown(title, blocks)
     (out / "report.md").write_text(md)
-    (out / "report.html").write_text(_html(title, blocks))
+    (out / "report.html").write_text(_html(title, md))
     return out / "report.md"
 
 
@@ -203,18 +214,15 @@ def _markdown(title: str, blocks) -> str:
     return "\n".join(lines)
 
 
-def _html(title: str, blocks) -> str:
-    e = html.escape
-    parts = ["<!doctype html><html><head><meta charset='utf-8'>", f"<title>{e(title)}</title>",
-             "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse;margin:1em 0}"
-             "td,th{border:1px solid #bbb;padding:4px 10px;text-align:right}td:first-child,th:first-child{text-align:left}"
-             "figure{display:inline-block;margin:0.5em}img{max-width:100%}</style></head><body>",
-             f"<h1>{e(title)}</h1><p>Nats for bounds (lower is better); accuracy on all 10,000 test images. Reference columns: docs/reference.md.</p>"]
-    for name, header, rows, images, notes in blocks:
-        parts.append(f"<section><h2>{e(name)}</h2><ul>" + "".join(f"<li>{e(n)}</li>" for n in notes) + "</ul>")
-        parts.append("<table><thead><tr>" + "".join(f"<th>{e(h)}</th>" for h in header) + "</tr></thead><tbody>"
-                     + "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>" for r in rows) + "</tbody></table>")
-        parts.append("".join(f"<figure><img src='{e(p)}' alt='{e(c)}'><figcaption>{e(c)}</figcaption></figure>" for p, c in images))
-        parts.append("</section>")
-    parts.append("</body></html>\n")
-    return "\n".join(parts)
+HTML_STYLE = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse;margin:1em 0}"
+              "td,th{border:1px solid #bbb;padding:4px 10px;text-align:right}td:first-child,th:first-child{text-align:left}"
+              "img{max-width:100%}code{background:#f3f3f3;padding:0 3px}")
+
+
+def _html(title: str, markdown_text: str) -> str:
+    """The Markdown report rendered by the markdown package (a TensorBoard dependency), tables included."""
+    import markdown
+
+    body = markdown.markdown(markdown_text, extensions=["tables"], output_format="html")
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<style>{HTML_STYLE}</style></head><body>\n{body}\n</body></html>\n")

@@ -96,6 +96,9 @@ class TrainConfig:
     compile: bool = False
     """torch.compile the training objective: the model's forward, densities and loss, and their backward
     (the first steps are slower while it compiles; needs a C compiler on the CPU)."""
+    label: str = ""
+    """The run's name in summaries, `vaelab eval` and `compare`: the preset it was made from (gmvae for a
+    VAE with a mixture prior), set when a preset is loaded; empty means the model's name."""
     precision: str = "fp32"
     """fp32, or bf16: autocast the networks to bfloat16 (mixed precision, meant for CUDA); densities,
     losses and Adam stay in float32."""
@@ -264,7 +267,14 @@ def load_preset(name_or_path: str) -> RunConfig:
         raise ConfigError(f"{path}: preset file not found") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: not valid TOML ({exc})") from None
-    return RunConfig.from_dict(data, source=str(path))
+    cfg = RunConfig.from_dict(data, source=str(path))
+    cfg.train.label = cfg.train.label or path.stem
+    return cfg
+
+
+def run_label(cfg: RunConfig) -> str:
+    """What to call a run: its label (the preset it came from), else its model's name."""
+    return cfg.train.label or cfg.model.name
 
 
 def validate(cfg: RunConfig) -> None:
@@ -293,6 +303,7 @@ def validate(cfg: RunConfig) -> None:
         (o.kind in ("elbo", "iwae"), "objective.kind", "must be elbo or iwae"),
         (o.kind in spec.objectives, "objective.kind", f"model {m.name!r} supports {', '.join(spec.objectives)}"),
         (o.k >= 1, "objective.k", "must be >= 1"),
+        (o.kind != "iwae" or o.k >= 2, "objective.k", "the IWAE objective with k = 1 is the ELBO; give k >= 2 (--k 5 or 50 as in Burda et al.)"),
         (o.beta >= 0, "objective.beta", "must be >= 0"),
         (o.kl_warmup_steps >= 0, "objective.kl_warmup_steps", "must be >= 0"),
         (o.free_bits >= 0, "objective.free_bits", "must be >= 0"),

@@ -23,7 +23,7 @@ from ..errors import RunDirError, TrainingDiverged, TrainingInterrupted, warn
 from ..models import build_model, model_class
 from . import checkpoints, distributed, files, runs
 from .batches import Batches
-from .config import RunConfig, save_json, validate
+from .config import RunConfig, run_label, save_json, validate
 
 
 def make_optimizer(model: torch.nn.Module, lr: float, device: torch.device) -> torch.optim.Adam:
@@ -265,8 +265,9 @@ def _train(cfg: RunConfig, run_dir: Path, progress: bool, resume: bool, ctx: dis
     # A logged mean loss beyond this is divergence, not learning: a fair coin costs 0.69 nats a binary pixel.
     loss_limit = cfg.train.max_loss_per_element * cfg.model.x_dim if cfg.train.max_loss_per_element else math.inf
     bar = tqdm(total=cfg.train.steps, initial=done, disable=not (progress and main), dynamic_ncols=True, mininterval=0.5,
-               desc=f"train {cfg.model.name}")
+               desc=f"train {run_label(cfg)}")
     record: dict = logged[-1] if logged else {}  # the last logged means, for the summary of a run with nothing left to do
+    record_steps = min(cfg.train.log_every, cfg.train.steps)  # how many steps those means cover
     parameters = list(model.parameters())  # once: walking the module tree costs ~0.1 ms a step
     model.train()
     for step in range(done + 1, cfg.train.steps + 1):
@@ -310,6 +311,7 @@ def _train(cfg: RunConfig, run_dir: Path, progress: bool, resume: bool, ctx: dis
         bar.update(1)
         if (step % cfg.train.log_every == 0 or step == cfg.train.steps) and since_log:
             means = dict(zip(names, (ctx.mean(sums) / since_log).tolist()))
+            record_steps = since_log
             elapsed = elapsed_before + time.perf_counter() - start
             record = {"step": step, **means, "beta": beta, "skipped_steps": skipped,
                       "seconds": round(elapsed, 3), "images_per_second": round(step * cfg.train.batch_size / elapsed, 1)}
@@ -341,6 +343,7 @@ def _train(cfg: RunConfig, run_dir: Path, progress: bool, resume: bool, ctx: dis
         runs.save_weights(run_dir, model)
     summary = {
         "model": cfg.model.name,
+        "label": run_label(cfg),
         "steps": cfg.train.steps,
         "train_seconds": round(train_seconds, 2),
         "images_per_second": round(cfg.train.steps * cfg.train.batch_size / train_seconds, 1),
@@ -349,6 +352,7 @@ def _train(cfg: RunConfig, run_dir: Path, progress: bool, resume: bool, ctx: dis
         "device": str(device),
         **origin,
         "processes": ctx.world_size,
+        "final_steps": record_steps,
         "final": {k: v for k, v in record.items() if k not in ("step", "beta", "seconds", "images_per_second", "skipped_steps")},
     }
     if main:
