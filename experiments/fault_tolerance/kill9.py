@@ -3,10 +3,10 @@ bit-identical to an uninterrupted run's.
 
     python experiments/fault_tolerance/kill9.py --data DATA --work WORK --out experiments/fault_tolerance [--kills 5]
 
-Trains `vaelab train vae --seed 0` (20,000 steps) once without interruption, then again with --kills
-SIGKILLs at moments drawn uniformly over the expected remaining time, each followed by
-`vaelab train --resume`. Writes kill9.json: the kill moments, the step of the newest checkpoint each
-kill left, the step each resume continued from, and whether every weight tensor is equal.
+Trains `vaelab train vae --seed 0` (20,000 steps) once without interruption (or takes --reference),
+then again with --kills SIGKILLs at random steps, each followed by `vaelab train --resume`. Writes
+kill9.json: the step each kill came at, the newest checkpoint it left, the step the last resume
+continued from, and whether every weight tensor is equal.
 """
 
 from __future__ import annotations
@@ -49,30 +49,37 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--kills", type=int, default=5)
     parser.add_argument("--seed", type=int, default=2026)
+    parser.add_argument("--reference", type=Path, help="an uninterrupted run to compare with, instead of training one")
     args = parser.parse_args()
     rng = random.Random(args.seed)
     env = {**os.environ, "VAELAB_DATA": args.data}
     reference, killed = args.work / "uninterrupted", args.work / "killed"
 
-    start = time.perf_counter()
-    subprocess.run(vaelab("train", "vae", "--seed", "0", "--no-progress", "--out", str(reference)), env=env, check=True,
-                   stdout=subprocess.DEVNULL)
-    duration = time.perf_counter() - start
+    if args.reference:
+        reference = args.reference  # an uninterrupted run of the same command and commit, made earlier
+        duration = json.loads((reference / "summary.json").read_text())["train_seconds"]
+    else:
+        start = time.perf_counter()
+        subprocess.run(vaelab("train", "vae", "--seed", "0", "--no-progress", "--out", str(reference)), env=env, check=True,
+                       stdout=subprocess.DEVNULL)
+        duration = time.perf_counter() - start
 
+    # Kill moments: random steps over the whole run (the process is killed a random 0-2 s after its log
+    # reaches the step, so kills fall between log lines and checkpoints too), whatever the machine's speed.
+    targets = sorted(rng.sample(range(1, 19_900), args.kills))
     events = []
     command = vaelab("train", "vae", "--seed", "0", "--no-progress", "--out", str(killed))
-    remaining = duration
-    for _ in range(args.kills):
-        at = rng.uniform(0.5, 0.9 * remaining)
+    for target in targets:
         proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        time.sleep(at)
-        if proc.poll() is not None:
-            raise SystemExit(f"finished before the kill at {at:.1f} s: {proc.stderr.read().decode()}")
+        while (last_logged_step(killed) or 0) < target:
+            if proc.poll() is not None:
+                raise SystemExit(f"the run ended before step {target}: {proc.stderr.read().decode()}")
+            time.sleep(0.05)
+        time.sleep(rng.uniform(0.0, 2.0))
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        events.append({"killed_after_seconds": round(at, 1), "last_logged_step": last_logged_step(killed),
+        events.append({"target_step": target, "last_logged_step": last_logged_step(killed),
                        "newest_checkpoint_step": newest_checkpoint_step(killed)})
-        remaining = max(remaining - at + 5, 10)
         command = vaelab("train", "--resume", str(killed), "--no-progress")
     resumed = subprocess.run(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     if resumed.returncode != 0:
@@ -82,7 +89,7 @@ def main() -> None:
     identical = a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     result = {
         "command": "vaelab train vae --seed 0 (20,000 steps), killed with SIGKILL and resumed with vaelab train --resume",
-        "uninterrupted_seconds": round(duration, 1),
+        "uninterrupted_train_seconds": round(duration, 1),
         "kills": events,
         "last_resume_from_step": summary["resumed_from_step"],
         "warnings": resumed.stderr.strip().splitlines(),
