@@ -8,7 +8,8 @@ slow down several times over. Each setting below trains the reference VAE (`vael
 100) for --steps steps, once alone and then as two processes started together, and reports each
 process's steps per second (from its summary.json):
 
-  spin       torch's defaults: one thread per core, OMP_WAIT_POLICY=ACTIVE (how vaelab ran before)
+  spin       one thread per core, OMP_WAIT_POLICY=ACTIVE (waiting threads spin; libgomp's default spins
+             for a while before it sleeps, which is how vaelab ran before and the case issue 15 reported)
   passive    one thread per core, OMP_WAIT_POLICY=PASSIVE (waiting threads sleep): vaelab's default now
   threads-1  --threads 1
 
