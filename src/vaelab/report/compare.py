@@ -7,7 +7,8 @@ import json
 from pathlib import Path
 
 from ..errors import RunDirError, VaelabError
-from ..training.config import RunConfig, migrate_legacy
+from ..training.config import RunConfig
+from ..training.legacy import migrate_legacy
 from ..training.files import read_jsonl
 from ..training.runs import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE
 from .figures import training_curves
