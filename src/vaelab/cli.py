@@ -210,7 +210,7 @@ def cmd_train(args) -> int:
                 set_key(cfg, TRAIN_FLAGS[flag], getattr(args, flag))
         args.out = args.resume
         summary = train(cfg, args.resume, progress=not args.no_progress, resume=True)
-        return _report_training(summary, cfg, args.out)
+        return _report_training(summary, args.out)
     if args.model is None or args.out is None:
         raise VaelabError("give a model or preset and --out RUN_DIR (or --resume RUN_DIR)")
     cfg = load_preset(args.model)
@@ -224,10 +224,10 @@ def cmd_train(args) -> int:
         cfg.data.download = False
     for text in args.set:
         set_key(cfg, *parse_override(text))
-    return _report_training(train(cfg, args.out, progress=not args.no_progress), cfg, args.out)
+    return _report_training(train(cfg, args.out, progress=not args.no_progress), args.out)
 
 
-def _report_training(summary: dict, cfg, run_dir) -> int:
+def _report_training(summary: dict, run_dir) -> int:
     if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 reports
         return 0
     final = summary["final"]

@@ -58,11 +58,23 @@ def evaluate_images(model, images, labels=None, iws=(1, 10, 100, 1000), seed: in
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
         result.update(elbo_terms(model, x, repeats, budget, y))
-        for m in iws:
-            bound = iwae_per_image(model, x, m, 1, budget, y)
-            result[f"niwae_{m}"] = float(-bound.mean())
-            result[f"niwae_{m}_sem"] = float(bound.std() / math.sqrt(len(bound))) if len(bound) > 1 else None
+        result.update(_iwae_metrics(model, x, y, iws, lambda m: 1, budget, standard_errors=True))
     model.train(was_training)
+    return result
+
+
+def _iwae_metrics(model, x, y, iws, repeats_of, budget: int, standard_errors: bool, progress=None) -> dict:
+    """niwae_<m> for each m in iws (the bound per image averaged over repeats_of(m) estimates, then over
+    images) and, with standard_errors, niwae_<m>_sem over images."""
+    result = {}
+    for m in iws:
+        repeats = repeats_of(m)
+        if progress:
+            progress(f"IWAE-{m} ({repeats} repeats)")
+        bound = iwae_per_image(model, x, m, repeats, budget, y)
+        result[f"niwae_{m}"] = float(-bound.mean())
+        if standard_errors:
+            result[f"niwae_{m}_sem"] = float(bound.std() / math.sqrt(len(bound))) if len(bound) > 1 else None
     return result
 
 
@@ -100,14 +112,8 @@ def evaluate(model, test: data_mod.ImageSet, protocol: str = "cs236", iws=None, 
             # As the reference: every test image, pixels in [0, 1], whatever the protocol's bound subset.
             result["accuracy"] = accuracy(model, test.pixels(), test.labels)
             result["accuracy_images"] = len(test)
-        for m in iws:
-            repeats = max(100 // m, 1) if protocol == "cs236" else 1
-            if progress:
-                progress(f"IWAE-{m} ({repeats} repeats)")
-            bound = iwae_per_image(bounded, x, m, repeats, budget, y)
-            result[f"niwae_{m}"] = float(-bound.mean())
-            if protocol == "full":
-                result[f"niwae_{m}_sem"] = float(bound.std() / math.sqrt(len(bound)))
+        repeats_of = (lambda m: max(100 // m, 1)) if protocol == "cs236" else (lambda m: 1)
+        result.update(_iwae_metrics(bounded, x, y, iws, repeats_of, budget, standard_errors=protocol == "full", progress=progress))
         if protocol == "full":
             variances = active_units(model, x, y)
             result["active_units"] = int(sum(int((v > ACTIVITY_THRESHOLD).sum()) for v in variances.values()))

@@ -126,7 +126,7 @@ def reproduce(suite: str, out: str | Path, quick: bool = False, runs: int = 1, d
         results[exp.name] = []
         for seed in range(runs):
             # One line per experiment on stderr, so a run without progress bars still says where it is.
-            print(f"reproduce: {exp.name} seed {seed} ({len(results) }/{len(experiments)})...", file=sys.stderr, flush=True)
+            print(f"reproduce: {exp.name} seed {seed} ({len(results)}/{len(experiments)})...", file=sys.stderr, flush=True)
             start = time.perf_counter()
             results[exp.name].append(run_experiment(exp, seed, out, data_dir, device, exp_steps, progress, threads))
             print(f"reproduce: {exp.name} seed {seed} done in {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)

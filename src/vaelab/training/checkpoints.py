@@ -80,6 +80,11 @@ def checkpoint_paths(run_dir: Path) -> list[Path]:
     return sorted((Path(run_dir) / CHECKPOINT_DIR).glob("step-*.safetensors"), reverse=True)
 
 
+def newest(run_dir: Path) -> Path | None:
+    """The run's newest checkpoint, unchecked (for messages that name it)."""
+    return next(iter(checkpoint_paths(run_dir)), None)
+
+
 def read_safetensors(path: Path, device="cpu") -> dict:
     try:
         return load_file(str(path), device=str(device))

@@ -226,11 +226,12 @@ def _train(cfg: RunConfig, run_dir: Path, progress: bool, resume: bool, ctx: dis
         # so is one whose weights do not match the manifest.
         if done > cfg.train.steps:
             raise RunDirError(f"--resume: {run_dir} is at step {done}, past --steps {cfg.train.steps}")
-        problem = runs.final_weights_problem(run_dir)
-        if done >= cfg.train.steps and problem is None:
-            raise RunDirError(f"--resume: {run_dir} already finished {done} of {cfg.train.steps} steps; pass --steps N to train longer")
-        if done >= cfg.train.steps and problem != "missing":
-            warn(f"{run_dir / runs.WEIGHTS_FILE}: damaged ({problem}); writing it again from the final checkpoint")
+        if done >= cfg.train.steps:
+            problem = runs.final_weights_problem(run_dir)  # reads and hashes the weights: only when they matter
+            if problem is None:
+                raise RunDirError(f"--resume: {run_dir} already finished {done} of {cfg.train.steps} steps; pass --steps N to train longer")
+            if problem != "missing":
+                warn(f"{run_dir / runs.WEIGHTS_FILE}: damaged ({problem}); writing it again from the final checkpoint")
         if main:
             logged = files.truncate_jsonl(run_dir / runs.METRICS_FILE, done)
     else:
@@ -296,7 +297,7 @@ def _train(cfg: RunConfig, run_dir: Path, progress: bool, resume: bool, ctx: dis
             bad_in_row += 1
             bar.update(1)
             if bad_in_row >= cfg.train.max_nonfinite_steps:
-                last = next(iter(checkpoints.checkpoint_paths(run_dir)), None)
+                last = checkpoints.newest(run_dir)
                 raise TrainingDiverged(
                     f"training stopped at step {step}: {bad_in_row} consecutive steps had a non-finite loss or gradient "
                     f"(try a lower --lr or --set train.grad_clip=10); last good checkpoint: {last or 'none yet'}")
@@ -325,7 +326,7 @@ def _train(cfg: RunConfig, run_dir: Path, progress: bool, resume: bool, ctx: dis
                 raise TrainingDiverged(
                     f"training stopped at step {step}: the mean loss {means['loss']:.4g} is beyond train.max_loss_per_element "
                     f"({cfg.train.max_loss_per_element:g} nats per element); try a lower --lr or --set train.grad_clip=10; "
-                    f"last checkpoint: {next(iter(checkpoints.checkpoint_paths(run_dir)), 'none yet')}")
+                    f"last checkpoint: {checkpoints.newest(run_dir) or 'none yet'}")
         if step % cfg.train.checkpoint_every == 0 and step < cfg.train.steps:
             checkpoint(step)
             last_checkpoint = time.perf_counter()
