@@ -112,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", choices=("mnist", "fashion-mnist", "svhn"), help="training data (default mnist)")
     p.add_argument("--data-dir", help="data root holding mnist/ and fashion-mnist/ (default $VAELAB_DATA, else ~/.cache/vaelab)")
     p.add_argument("--device", help="cpu, cuda, cuda:N or auto (default auto)")
-    p.add_argument("--threads", type=int, help="CPU threads for torch (default 0: one per core)")
+    p.add_argument("--threads", type=int, help="CPU threads for torch (default 0: 1 for a step under 1 GFLOP, else one per core)")
     p.add_argument("--compile", action="store_const", const=True, help="torch.compile the training objective (slower first steps; a C compiler on the CPU)")
     p.add_argument("--precision", choices=("fp32", "bf16"), help="bf16: mixed precision for the networks, meant for CUDA (default fp32)")
     p.add_argument("--log-every", type=int, help="steps between metrics lines (default 100)")
@@ -184,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--only", help="comma-separated experiment names (vae, gmvae, ssvae_gen0, ssvae, cvae)")
     p.add_argument("--data-dir", help="data root (default $VAELAB_DATA, else ~/.cache/vaelab)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default auto)")
-    p.add_argument("--threads", type=int, default=0, help="CPU threads for torch in every training (default 0: one per core)")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads for torch in every training (default 0: chosen per training, as train --threads)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (one line per experiment still says where it is)")
     return parser
 

@@ -61,6 +61,14 @@ class Batches:
             batch["y_labelled"] = self.train_set.labels[self.labelled]
         return batch
 
+    def sample(self) -> dict:
+        """A batch like next()'s that leaves the sampler and the RNG as they were (to measure a step)."""
+        position = self.sampler.pos
+        with torch.random.fork_rng(devices=[self.sampler.device] if self.sampler.device.type == "cuda" else []):
+            batch = self.next()
+        self.sampler.pos = position
+        return batch
+
 
 def labelled_indices(train_set: data_mod.ImageSet, cfg: RunConfig) -> torch.Tensor:
     """The labelled subset: the cs236 positions, or labels_per_class random images of each class

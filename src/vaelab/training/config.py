@@ -93,7 +93,9 @@ class TrainConfig:
     """A logged mean loss beyond this many nats per data element (784 for MNIST) stops the run as diverged:
     a fair coin costs 0.69 nats per binary pixel, so no model that is learning gets near (0: no limit)."""
     threads: int = 0
-    """CPU threads for torch's kernels (0: torch's default, one per core)."""
+    """CPU threads for torch's kernels. 0: chosen by the work in a training step, counted once at the start:
+    1 thread below 1 GFLOP a step (MLPs at batch 100, where a second thread gains little and fights other
+    jobs for the cores), one per core above (training/threads.py)."""
     compile: bool = False
     """torch.compile the training objective: the model's forward, densities and loss, and their backward
     (the first steps are slower while it compiles; needs a C compiler on the CPU)."""

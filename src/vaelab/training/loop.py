@@ -24,6 +24,7 @@ from ..models import build_model, model_class
 from . import checkpoints, distributed, files, runs
 from .batches import Batches
 from .config import RunConfig, run_label, save_json, validate
+from .threads import auto_threads, step_flops
 
 
 def make_optimizer(model: torch.nn.Module, lr: float, device: torch.device) -> torch.optim.Adam:
@@ -163,9 +164,11 @@ def train(cfg: RunConfig, run_dir: str | Path, progress: bool = True, resume: bo
     ctx = distributed.setup(resolve_device(cfg.train.device))
     locks: list[runs.RunLock] = []
     stop = StopRequest()
+    threads = torch.get_num_threads()
     try:
         return _train(cfg, run_dir, progress, resume, ctx, locks, stop)
     finally:
+        torch.set_num_threads(threads)  # a Python session that trains goes on with the threads it had
         stop.restore()
         for lock in locks:
             lock.release()
@@ -185,12 +188,14 @@ def _train(cfg: RunConfig, run_dir: Path, progress: bool, resume: bool, ctx: dis
     batches = Batches(train_set, cfg, model_class(cfg.model.name).spec.labels, cfg.model.binary_pixels, device)
     if batches.labelled is not None:
         distributed.check_divisible(ctx, len(batches.labelled), "the labelled subset")
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
-        origin["threads"] = torch.get_num_threads()  # provenance read torch's default before this
     if cfg.train.compile:
         check_compile_toolchain(device)
     model = build_model(cfg.model).to(device)
+    if device.type == "cpu":
+        torch.set_num_threads(cfg.train.threads or auto_threads(step_flops(
+            model, {key: ctx.shard(value) for key, value in batches.sample().items()},
+            lambda m, batch: training_loss(m, batch, cfg, cfg.objective.beta).loss)))
+        origin["threads"] = torch.get_num_threads()  # provenance read torch's default before this
     optimizer = make_optimizer(model, cfg.train.lr, device)
     # Mixed precision: the networks run in bfloat16, densities in float32 (nets.full_precision).
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.train.precision == "bf16")
