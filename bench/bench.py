@@ -68,13 +68,14 @@ def matmul_gflops(seconds: float = 3.0) -> dict:
     return out
 
 
-def plain_step(pixels: torch.Tensor, tuned: bool = False):
+def plain_step(pixels: torch.Tensor, tuned: bool = False, fused: bool | None = None):
     """One step of a minimal VAE training loop on the batch pixels[index]: per-batch Bernoulli draw,
     closed-form KL, Adam, as such a loop is usually written (torch.bernoulli, torch's default Adam
     update); tuned=True takes vaelab's two speed choices instead (the fused Adam kernel, the draw as
-    1[u < pixel]). Returns step(index)."""
-    encoder, decoder = mlp(X_DIM, 2 * Z_DIM), mlp(Z_DIM, X_DIM)
-    optimizer = torch.optim.Adam([*encoder.parameters(), *decoder.parameters()], lr=LR, fused=tuned or None)
+    1[u < pixel]); fused=True only the fused Adam kernel. The networks live on pixels' device.
+    Returns step(index)."""
+    encoder, decoder = mlp(X_DIM, 2 * Z_DIM).to(pixels.device), mlp(Z_DIM, X_DIM).to(pixels.device)
+    optimizer = torch.optim.Adam([*encoder.parameters(), *decoder.parameters()], lr=LR, fused=tuned or fused or None)
     draw = (lambda p: (torch.rand_like(p) < p).to(p.dtype)) if tuned else torch.bernoulli
 
     def step(index):
@@ -93,26 +94,36 @@ def plain_step(pixels: torch.Tensor, tuned: bool = False):
     return step
 
 
-def plain_loop(pixels: torch.Tensor, steps: int, seed: int, tuned: bool = False) -> float:
-    """Images/s of the plain loop (plain_step) over an in-memory tensor, batches in shuffled order."""
+def plain_loop(pixels: torch.Tensor, steps: int, seed: int, tuned: bool = False, batch: int = BATCH,
+               fused: bool | None = None) -> float:
+    """Images/s of the plain loop (plain_step) over a tensor on its device, batches in shuffled order
+    (the clock stops after the device has finished)."""
     torch.manual_seed(seed)
-    step = plain_step(pixels, tuned)
+    step = plain_step(pixels, tuned, fused)
     n = pixels.shape[0]
-    order = torch.randperm(n)
+    order = torch.randperm(n, device=pixels.device)
     for i in range(20):  # warm-up, untimed
-        step(order[i * BATCH : (i + 1) * BATCH])
+        step(order[i * batch : (i + 1) * batch])
+    _finish(pixels.device)
     start = time.perf_counter()
     pos = n
     for _ in range(steps):
-        if pos + BATCH > n:
-            order, pos = torch.randperm(n), 0
-        step(order[pos : pos + BATCH])
-        pos += BATCH
-    return steps * BATCH / (time.perf_counter() - start)
+        if pos + batch > n:
+            order, pos = torch.randperm(n, device=pixels.device), 0
+        step(order[pos : pos + batch])
+        pos += batch
+    _finish(pixels.device)
+    return steps * batch / (time.perf_counter() - start)
+
+
+def _finish(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def vaelab_loop(data_dir: str, steps: int, seed: int, workdir: Path, extra: dict) -> tuple[float, Path]:
-    """Images/s as vaelab's own summary reports it for `vaelab train vae --steps N` (cold start included)."""
+    """Images/s as vaelab's own summary reports it for `vaelab train vae --steps N` (cold start included);
+    `extra` sets train.* keys (device, batch_size, ...)."""
     cfg = load_preset("vae")
     cfg.train.steps, cfg.train.seed, cfg.train.device = steps, seed, "cpu"
     cfg.train.checkpoint_every = steps

@@ -66,3 +66,21 @@ def test_step_overhead_interleaves_the_three_steps(tiny_data, tmp_path):
     medians = result["median_ms_per_step"]
     assert set(medians) == {"vaelab", "plain", "plain_tuned"} and all(v > 0 for v in medians.values())
     assert result["ratios"]["vaelab/plain"] == round(medians["plain"] / medians["vaelab"], 3)
+
+
+def test_gpu_benchmark_runs_on_the_cpu_and_names_its_device(tiny_data, tmp_path):
+    """bench/gpu.py on the CPU with a few steps: both batch sizes against the plain loop, the full-protocol
+    evaluation at fp32 and bf16 (tf32 is CUDA's) with bf16's difference from fp32."""
+    out = tmp_path / "gpu.json"
+    subprocess.run([sys.executable, str(ROOT / "bench" / "gpu.py"), "--data-dir", str(tiny_data), "--device", "cpu", "--steps-100", "12",
+                    "--steps-1000", "3", "--large-batch", "200", "--iw", "1,5", "--eval-images", "40", "--out", str(out)], check=True, capture_output=True, timeout=300)
+    result = json.loads(out.read_text())
+    assert result["device"].startswith("cpu")
+    for batch in ("batch_100", "batch_200"):
+        case = result["training"][batch]
+        assert case["vaelab_images_per_second"] > 0 and case["plain_images_per_second"] > 0
+        assert case["vaelab/plain"] == round(case["vaelab_images_per_second"] / case["plain_images_per_second"], 3)
+    evaluation = result["evaluation_full_protocol"]
+    assert evaluation["images"] == 40 and set(evaluation) == {"images", "fp32", "bf16"}
+    difference = evaluation["bf16"]["difference_from_fp32"]["niwae_5"]
+    assert difference == round(evaluation["bf16"]["niwae_5"] - evaluation["fp32"]["niwae_5"], 4)

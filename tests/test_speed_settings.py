@@ -46,11 +46,12 @@ def test_adam_is_fused_on_cpu_and_matches_the_foreach_update():
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
-def test_threads_setting_is_applied_and_validated(tiny_data, tmp_path):
+def test_threads_setting_is_applied_restored_and_validated(tiny_data, tmp_path):
     before = torch.get_num_threads()
     try:
-        train(_cfg(tiny_data, threads=1), tmp_path / "run", progress=False)
-        assert torch.get_num_threads() == 1
+        torch.set_num_threads(2)
+        assert train(_cfg(tiny_data, threads=1), tmp_path / "run", progress=False)["threads"] == 1
+        assert torch.get_num_threads() == 2  # the session's own setting again after the run
     finally:
         torch.set_num_threads(before)
     cfg = _cfg(tiny_data, threads=-1)

@@ -138,6 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the model for the bounds: faster on long evaluations (IWAE-1000, -5000), "
                         "a few seconds to compile, needs a C compiler on the CPU")
+    p.add_argument("--precision", choices=("fp32", "tf32", "bf16"), default="fp32",
+                   help="the networks' matrix products: fp32, tf32 (CUDA only) or bf16; log-weights and logsumexp stay "
+                        "float32 (default fp32; docs/performance.md gives each one's error)")
     p.add_argument("--no-save", action="store_true", help="do not write RUN_DIR/eval-<protocol>.json")
 
     p = sub.add_parser("sample", help="write a grid of prior samples and a reconstruction grid",
@@ -256,7 +259,8 @@ def cmd_eval(args) -> int:
     if args.protocol == "cs236" and cfg.data.dataset != "mnist":
         raise VaelabError(f"--protocol cs236 is defined on MNIST's test subset; {args.run_dir} was trained on {cfg.data.dataset}: use --protocol full")
     say = None if args.json else (lambda label: print(f"  {label} ...", file=sys.stderr, flush=True))
-    result = evaluate(model, load_test(), args.protocol, args.iw, args.seed, args.budget, progress=say, compile=args.compile)
+    result = evaluate(model, load_test(), args.protocol, args.iw, args.seed, args.budget, progress=say, compile=args.compile,
+                      precision=args.precision)
     result = {"run": str(args.run_dir), "model": cfg.model.name, "label": run_label(cfg), "dataset": cfg.data.dataset, **result}
     if not args.no_save:
         atomic_write_text(args.run_dir / f"eval-{args.protocol}.json", json.dumps(result, indent=2) + "\n")

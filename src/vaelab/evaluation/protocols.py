@@ -17,7 +17,7 @@ import time
 import torch
 
 from .. import data as data_mod
-from ..devices import check_compile_toolchain
+from ..devices import check_compile_toolchain, matmul_precision
 from ..errors import DataError
 from .bounds import DEFAULT_BUDGET, elbo_terms, iwae_per_image
 from .diagnostics import accuracy, active_units
@@ -79,13 +79,15 @@ def _iwae_metrics(model, x, y, iws, repeats_of, budget: int, standard_errors: bo
 
 
 def evaluate(model, test: data_mod.ImageSet, protocol: str = "cs236", iws=None, seed: int = 0,
-             budget: int = DEFAULT_BUDGET, progress=None, compile: bool = False) -> dict:
+             budget: int = DEFAULT_BUDGET, progress=None, compile: bool = False, precision: str = "fp32") -> dict:
     """Run a protocol and return a flat dict of metrics (nats; nelbo, kl, rec, kl_<group>, niwae_<m>, ...).
 
     `seed` fixes the evaluation's z draws, so the same model gives the same numbers. `progress`, if
     given, is called with a short label before each stage. compile=True evaluates the NELBO and IWAE
     bounds through torch.compile(model): the decoder's activations and the likelihood's passes fuse,
-    the numbers stay the same (within float rounding), and the model itself is left as it was."""
+    the numbers stay the same (within float rounding), and the model itself is left as it was.
+    `precision` (devices.matmul_precision) sets the networks' matrix products: fp32, tf32 (CUDA) or bf16;
+    log-weights and logsumexp stay float32. docs/performance.md gives the error each costs."""
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol {protocol!r}")
     iws = DEFAULT_IW[protocol] if iws is None else tuple(iws)
@@ -97,11 +99,12 @@ def evaluate(model, test: data_mod.ImageSet, protocol: str = "cs236", iws=None, 
     bounded = torch.compile(model) if compile else model
     device = x.device
     result = {"protocol": protocol, "images": int(x.shape[0]), "binarized": binary, "binarization_seed": 0 if binary else None,
-              "eval_seed": seed, "bound": "log p(x | y)" if model.spec.labels == "all" else "log p(x)", "compiled": compile}
+              "eval_seed": seed, "bound": "log p(x | y)" if model.spec.labels == "all" else "log p(x)", "compiled": compile,
+              "precision": precision}
     start = time.perf_counter()
     was_training = model.training
     model.eval()
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), matmul_precision(device, precision):
         torch.manual_seed(seed)
         if progress:
             progress(f"NELBO ({NELBO_REPEATS[protocol]} repeats)")

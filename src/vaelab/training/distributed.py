@@ -57,6 +57,15 @@ class Context:
         return bool(value.item() > 0)
 
 
+    def all_ok(self, flag: torch.Tensor) -> torch.Tensor:
+        """`flag` (a boolean tensor) and-ed over every process, left on the device: no host read."""
+        if not self.active:
+            return flag
+        value = flag.to(torch.float32)
+        dist.all_reduce(value, op=dist.ReduceOp.MIN)
+        return value > 0
+
+
 def setup(device: torch.device) -> Context:
     """Join the process group when launched by torchrun (WORLD_SIZE > 1); a no-op otherwise."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))

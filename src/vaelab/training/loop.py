@@ -24,6 +24,7 @@ from ..models import build_model, model_class
 from . import checkpoints, distributed, files, runs
 from .batches import Batches
 from .config import RunConfig, run_label, save_json, validate
+from .guard import NonFiniteGuard
 from .threads import auto_threads, step_flops
 
 
@@ -197,11 +198,11 @@ def _train(cfg: RunConfig, run_dir: Path, progress: bool, resume: bool, ctx: dis
             lambda m, batch: training_loss(m, batch, cfg, cfg.objective.beta).loss)))
         origin["threads"] = torch.get_num_threads()  # provenance read torch's default before this
     optimizer = make_optimizer(model, cfg.train.lr, device)
-    # Mixed precision: the networks run in bfloat16, densities in float32 (nets.full_precision).
+    # Mixed precision: the networks run in bfloat16, densities in float32 (distributions.full_precision).
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.train.precision == "bf16")
     objective = distributed.wrap(model, lambda m, batch, beta: training_loss(m, batch, cfg, beta), ctx,
                                  find_unused=not model.trains_every_parameter)
-    names, sums, since_log, done, elapsed_before, skipped, bad_in_row = None, None, 0, 0, 0.0, 0, 0
+    names, sums, since_log, done, elapsed_before, skipped = None, None, 0, 0, 0.0, 0
     logged: list[dict] = []  # on resume, the metrics kept from before the checkpoint
     if resume:
         if main:  # before anything in the run directory is read or changed
@@ -260,11 +261,13 @@ def _train(cfg: RunConfig, run_dir: Path, progress: bool, resume: bool, ctx: dis
             state["rng_cuda"] = torch.cuda.get_rng_state(device)
         if sums is not None:
             state["log_sums"] = sums
+        since_log, skipped, _ = guard.read()
         checkpoints.save_checkpoint(run_dir, model, optimizer, step, cfg.train.keep_checkpoints, state,
                                     {"batch_position": batches.sampler.pos, "since_log": since_log, "log_names": json.dumps(names),
                                      "skipped_steps": skipped,
                                      "elapsed_seconds": round(elapsed_before + time.perf_counter() - start, 3)})
 
+    guard = NonFiniteGuard(optimizer, device, good=since_log, skipped=skipped)
     metrics_path = run_dir / runs.METRICS_FILE
     board = TensorBoard(run_dir / runs.TENSORBOARD_DIR, model, cfg, purge_step=done + 1 if resume else None) if main else None
     start = last_checkpoint = time.perf_counter()
@@ -297,41 +300,38 @@ def _train(cfg: RunConfig, run_dir: Path, progress: bool, resume: bool, ctx: dis
             grads_finite = torch.isfinite(torch.nn.utils.clip_grad_norm_(parameters, cfg.train.grad_clip))
         else:
             grads_finite = gradients_finite(parameters)
-        if not ctx.all_true(bool(torch.isfinite(out.loss.detach()) & grads_finite)):
-            skipped += 1
-            bad_in_row += 1
-            bar.update(1)
-            if bad_in_row >= cfg.train.max_nonfinite_steps:
-                last = checkpoints.newest(run_dir)
-                raise TrainingDiverged(
-                    f"training stopped at step {step}: {bad_in_row} consecutive steps had a non-finite loss or gradient "
-                    f"(try a lower --lr or --set train.grad_clip=10); last good checkpoint: {last or 'none yet'}")
-            continue
-        bad_in_row = 0
-        optimizer.step()
-        values = torch.stack([out.loss.detach(), out.nelbo, out.kl, out.rec, *out.extras.values()])
-        if sums is None:
-            names, sums = ["loss", "nelbo", "kl", "rec", *out.extras], torch.zeros_like(values)
-        sums += values
-        since_log += 1
+        # No host read here: the guard skips a non-finite step on the device (training/guard.py).
+        weight = guard.step(ctx.all_ok(torch.isfinite(out.loss.detach()) & grads_finite))
         bar.update(1)
-        if (step % cfg.train.log_every == 0 or step == cfg.train.steps) and since_log:
-            means = dict(zip(names, (ctx.mean(sums) / since_log).tolist()))
-            record_steps = since_log
-            elapsed = elapsed_before + time.perf_counter() - start
-            record = {"step": step, **means, "beta": beta, "skipped_steps": skipped,
-                      "seconds": round(elapsed, 3), "images_per_second": round(step * cfg.train.batch_size / elapsed, 1)}
-            if main:
-                files.append_jsonl(metrics_path, record)
-                board.scalars(step, record)
-            bar.set_postfix(loss=f"{means['loss']:.2f}", kl=f"{means['kl']:.2f}", rec=f"{means['rec']:.2f}")
-            sums.zero_()
-            since_log = 0
-            if abs(means["loss"]) > loss_limit:
+        if weight is not None:
+            values = torch.stack([out.loss.detach(), out.nelbo, out.kl, out.rec, *out.extras.values()])
+            if sums is None:
+                names, sums = ["loss", "nelbo", "kl", "rec", *out.extras], torch.zeros_like(values)
+            sums += torch.where(weight, values, 0.0)  # a skipped step's NaN never reaches the sums
+        if step % cfg.train.log_every == 0 or step == cfg.train.steps:
+            since_log, skipped, longest = guard.read()
+            if longest >= cfg.train.max_nonfinite_steps:
                 raise TrainingDiverged(
-                    f"training stopped at step {step}: the mean loss {means['loss']:.4g} is beyond train.max_loss_per_element "
-                    f"({cfg.train.max_loss_per_element:g} nats per element); try a lower --lr or --set train.grad_clip=10; "
-                    f"last checkpoint: {checkpoints.newest(run_dir) or 'none yet'}")
+                    f"training stopped at step {step}: {longest} consecutive steps had a non-finite loss or gradient "
+                    f"(train.max_nonfinite_steps is {cfg.train.max_nonfinite_steps}, checked every train.log_every steps; "
+                    f"try a lower --lr or --set train.grad_clip=10); last good checkpoint: {checkpoints.newest(run_dir) or 'none yet'}")
+            guard.new_interval()
+            if since_log:
+                means = dict(zip(names, (ctx.mean(sums) / since_log).tolist()))
+                record_steps = since_log
+                elapsed = elapsed_before + time.perf_counter() - start
+                record = {"step": step, **means, "beta": beta, "skipped_steps": skipped,
+                          "seconds": round(elapsed, 3), "images_per_second": round(step * cfg.train.batch_size / elapsed, 1)}
+                if main:
+                    files.append_jsonl(metrics_path, record)
+                    board.scalars(step, record)
+                bar.set_postfix(loss=f"{means['loss']:.2f}", kl=f"{means['kl']:.2f}", rec=f"{means['rec']:.2f}")
+                sums.zero_()
+                if abs(means["loss"]) > loss_limit:
+                    raise TrainingDiverged(
+                        f"training stopped at step {step}: the mean loss {means['loss']:.4g} is beyond train.max_loss_per_element "
+                        f"({cfg.train.max_loss_per_element:g} nats per element); try a lower --lr or --set train.grad_clip=10; "
+                        f"last checkpoint: {checkpoints.newest(run_dir) or 'none yet'}")
         if step % cfg.train.checkpoint_every == 0 and step < cfg.train.steps:
             checkpoint(step)
             last_checkpoint = time.perf_counter()
@@ -342,6 +342,7 @@ def _train(cfg: RunConfig, run_dir: Path, progress: bool, resume: bool, ctx: dis
             last_checkpoint = time.perf_counter()
     bar.close()
     checkpoint(cfg.train.steps)
+    _, skipped, _ = guard.read()
     train_seconds = elapsed_before + time.perf_counter() - start
     if main:
         board.samples(cfg.train.steps)
