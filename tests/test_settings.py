@@ -149,6 +149,8 @@ SETTINGS = [
     dict(prior="mog", posterior="diagonal", prior_components=20),
     dict(prior="normal", posterior="full"),
     dict(prior="mog", posterior="full", prior_components=20),
+    dict(prior="vamp", posterior="diagonal", prior_components=20),
+    dict(prior="vamp", posterior="full", prior_components=20),
 ]
 OBJECTIVES = [
     dict(kind="elbo"),
@@ -181,6 +183,14 @@ def test_every_setting_trains_with_finite_loss(setting, objective):
     assert model.sample(3).shape == (3, 64)
 
 
+@pytest.mark.parametrize("setting", SETTINGS, ids=lambda s: f"{s['prior']}-{s['posterior']}")
+def test_iwae_with_one_draw_equals_the_elbo_for_every_setting(setting):
+    torch.manual_seed(0)
+    model = build_model(model_config(x_dim=30, z_dim=3, hidden=(16,), **setting)).double()
+    terms = model({"x": torch.bernoulli(torch.full((5, 30), 0.4, dtype=torch.float64))}, 1)
+    torch.testing.assert_close(objectives.iwae_bound(terms), objectives.expectation(terms, objectives.log_weights(terms)))
+
+
 def test_mixture_prior_parameters_are_learned():
     model = build_model(model_config(x_dim=64, z_dim=4, hidden=(32,), prior="mog", prior_components=10))
     before = model.prior.z_pre.detach().clone()
@@ -189,6 +199,36 @@ def test_mixture_prior_parameters_are_learned():
     out.loss.backward()
     opt.step()
     assert not torch.equal(before, model.prior.z_pre)
+
+
+@pytest.mark.parametrize("posterior", ["diagonal", "full"])
+def test_vamp_prior_density_is_the_mixture_of_posteriors_at_the_pseudo_inputs(posterior):
+    """log p(z) = log (1/K) sum_k q(z | u_k), computed directly from the model's posterior at the
+    pseudo-inputs, which lie in [0, 1]; the prior's gradient reaches the pseudo-inputs and the encoder."""
+    torch.manual_seed(0)
+    model = build_model(model_config(x_dim=64, z_dim=4, hidden=(32,), prior="vamp", prior_components=7, posterior=posterior)).double()
+    with torch.no_grad():  # spread the pseudo-inputs over [0, 1] (and past it, where hardtanh clips)
+        model.prior.pseudo_weights.uniform_(-0.2, 1.2)
+    u = model.prior.pseudo_inputs()
+    assert u.shape == (7, 64) and u.min() >= 0 and u.max() <= 1
+    z = torch.randn(11, 3, 4, dtype=torch.float64)
+    q = model.posterior(u)
+    direct = torch.logsumexp(q.log_prob(z.unsqueeze(-2)), dim=-1) - math.log(7)
+    prior = model.prior(model.posterior)
+    torch.testing.assert_close(prior.log_prob(z), direct)
+    prior.log_prob(z).sum().backward()
+    assert model.prior.pseudo_weights.grad.abs().sum() > 0
+    assert all(p.grad is not None for p in model.encoder.parameters())
+    assert prior.sample((5,)).shape == (5, 4)
+
+
+def test_vamp_prior_is_refused_where_the_posterior_sees_a_label():
+    for name in ("cvae", "ssvae"):
+        cfg = RunConfig()
+        set_key(cfg, "model.name", name)
+        set_key(cfg, "model.prior", "vamp")
+        with pytest.raises(ConfigError, match=f"model.prior: vamp needs a posterior q\\(z \\| x\\) of the image alone; '{name}'"):
+            validate(cfg)
 
 
 def test_active_units_counts_dimensions_whose_posterior_mean_varies():

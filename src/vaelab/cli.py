@@ -101,8 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kl-warmup", type=int, metavar="STEPS", help="KL annealing: KL weight rises linearly from 0 to beta over STEPS (default 0: off)")
     p.add_argument("--free-bits", type=float, metavar="LAMBDA", help="free bits: KL cost per group is max(LAMBDA, batch-mean KL) (default 0: off)")
     p.add_argument("--free-bits-group", type=int, metavar="G", help="latent dimensions per free-bits group; 0 = all in one (default 1)")
-    p.add_argument("--prior", choices=PRIORS, help="prior p(z): normal N(0, I) or mog, a learnable mixture (GMVAE) (default normal)")
-    p.add_argument("--components", type=int, help="mixture components when --prior mog (default 500)")
+    p.add_argument("--prior", choices=PRIORS, help="prior p(z): normal N(0, I), mog, a learnable mixture (GMVAE), or vamp, the VampPrior (default normal)")
+    p.add_argument("--components", type=int, help="mixture components (--prior mog) or pseudo-inputs (--prior vamp) (default 500)")
     p.add_argument("--posterior", choices=tuple(POSTERIORS), help="q(z|x): diagonal or full covariance via a Cholesky factor (default diagonal)")
     p.add_argument("--likelihood", choices=LIKELIHOODS,
                    help="p(x|z): bernoulli on binarized pixels, or gaussian (fixed variance) / gaussian-learned on pixels in [0, 1]")

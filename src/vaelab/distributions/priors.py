@@ -1,6 +1,9 @@
 """Priors p(z). Each is an nn.Module whose forward() returns a torch.distributions object with
 event shape (z_dim,), so KL(q || p) is analytic wherever torch registers the pair and Monte Carlo
-otherwise. A prior is a setting of a model (model.prior), not a model of its own."""
+otherwise. A prior is a setting of a model (model.prior), not a model of its own.
+
+forward() takes the model's posterior q(. | x) as a function of x: the VampPrior is built from it
+(`needs_posterior`); the other priors ignore it."""
 
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ from torch import nn
 from torch.distributions import Categorical, Distribution, Independent, MixtureSameFamily, Normal
 
 from .common import VARIANCE_FLOOR
+from .kl import factorised_normal
 
 
 class StandardNormalPrior(nn.Module):
@@ -22,7 +26,9 @@ class StandardNormalPrior(nn.Module):
         self.register_buffer("loc", torch.zeros(z_dim), persistent=False)
         self.register_buffer("scale", torch.ones(z_dim), persistent=False)
 
-    def forward(self) -> Distribution:
+    needs_posterior = False
+
+    def forward(self, posterior=None) -> Distribution:
         return Independent(Normal(self.loc, self.scale, validate_args=False), 1, validate_args=False)
 
     def elements_per_sample(self) -> int:
@@ -64,7 +70,9 @@ class MixtureOfGaussiansPrior(nn.Module):
         self.z_pre = nn.Parameter(torch.randn(1, 2 * components, z_dim) / math.sqrt(components * z_dim))
         self.register_buffer("logits", torch.zeros(components), persistent=False)
 
-    def forward(self) -> Distribution:
+    needs_posterior = False
+
+    def forward(self, posterior=None) -> Distribution:
         means, pre = self.z_pre[0].split(self.components, dim=0)
         variances = nn.functional.softplus(pre) + VARIANCE_FLOOR
         return DiagonalGaussianMixture(self.logits, means, variances)
@@ -74,13 +82,48 @@ class MixtureOfGaussiansPrior(nn.Module):
         return self.components
 
 
-PRIORS = ("normal", "mog")
+class VampPrior(nn.Module):
+    """p(z) = (1/K) sum_k q(z | u_k): the aggregate posterior of K learnable pseudo-inputs u_k
+    (Tomczak & Welling 2018), the prior that ELBO surgery says maximises the ELBO, approximated.
+
+    As the paper: u = hardtanh_[0,1](W), W of shape (K, x_dim) initialised N(0.05, 0.01^2) (their linear
+    layer applied to the K x K identity). q(z | u_k) is the model's own posterior, so the prior moves with
+    the encoder; with a diagonal posterior the mixture's density is DiagonalGaussianMixture's matmul form."""
+
+    needs_posterior = True
+
+    def __init__(self, x_dim: int, components: int = 500, init_mean: float = 0.05, init_std: float = 0.01):
+        super().__init__()
+        self.components = components
+        self.pseudo_weights = nn.Parameter(torch.randn(components, x_dim) * init_std + init_mean)
+        self.register_buffer("logits", torch.zeros(components), persistent=False)
+
+    def pseudo_inputs(self) -> torch.Tensor:
+        """u_k, (K, x_dim), in [0, 1]."""
+        return nn.functional.hardtanh(self.pseudo_weights, 0.0, 1.0)
+
+    def forward(self, posterior=None) -> Distribution:
+        if posterior is None:
+            raise ValueError("the VampPrior is built from the model's posterior q(z | u): pass it")
+        q = posterior(self.pseudo_inputs())  # batch shape (K,)
+        if factorised_normal(q):
+            return DiagonalGaussianMixture(self.logits, q.base_dist.loc, q.base_dist.scale.pow(2))
+        return MixtureSameFamily(Categorical(logits=self.logits, validate_args=False), q, validate_args=False)
+
+    def elements_per_sample(self) -> int:
+        return self.components
 
 
-def build_prior(name: str, z_dim: int, components: int) -> nn.Module:
-    """The prior named by model.prior: normal (N(0, I)) or mog (mixture of `components` Gaussians)."""
+PRIORS = ("normal", "mog", "vamp")
+
+
+def build_prior(name: str, z_dim: int, components: int, x_dim: int | None = None) -> nn.Module:
+    """The prior named by model.prior: normal (N(0, I)), mog (mixture of `components` Gaussians) or vamp
+    (VampPrior over `components` pseudo-inputs of size x_dim)."""
     if name == "mog":
         return MixtureOfGaussiansPrior(z_dim, components)
     if name == "normal":
         return StandardNormalPrior(z_dim)
+    if name == "vamp":
+        return VampPrior(x_dim, components)
     raise ValueError(f"unknown prior {name!r}")

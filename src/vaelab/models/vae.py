@@ -1,5 +1,5 @@
-"""VAE (Kingma & Welling 2014). Its variants are settings, not classes: the prior (N(0, I) or a
-learnable mixture: GMVAE), the posterior family (diagonal or full covariance), the likelihood
+"""VAE (Kingma & Welling 2014). Its variants are settings, not classes: the prior (N(0, I), a
+learnable mixture: GMVAE, or the VampPrior), the posterior family (diagonal or full covariance), the likelihood
 (Bernoulli, or Gaussian for continuous pixels), the networks (MLP or convolutional), and, in the
 objective, beta, KL annealing, free bits and IWAE.
 
@@ -22,17 +22,21 @@ from .base import LatentGroup, Model, ModelConfig, ModelSpec, Terms
 @dataclass
 class VAEConfig(ModelConfig):
     prior: str = "normal"
-    """p(z): normal (N(0, I)) or mog (learnable mixture of Gaussians, uniform weights: GMVAE)."""
+    """p(z): normal (N(0, I)), mog (learnable mixture of Gaussians, uniform weights: GMVAE) or vamp
+    (VampPrior: the posterior's mixture over learnable pseudo-inputs; the VAE only)."""
     prior_components: int = 500
-    """Mixture components K when prior = mog (the reference uses 500)."""
+    """Mixture components K when prior = mog, pseudo-inputs when prior = vamp (the papers use 500)."""
     posterior: str = "diagonal"
     """q(z|x): diagonal (N(mu, diag sigma^2)) or full (N(mu, L L^T), Cholesky factor L)."""
 
 
-def prior_posterior_checks(cfg: VAEConfig, objective) -> list[tuple[bool, str, str]]:
-    """Checks of the prior and posterior settings, shared by the models that have them."""
+def prior_posterior_checks(cfg: VAEConfig, objective, vamp: bool = False) -> list[tuple[bool, str, str]]:
+    """Checks of the prior and posterior settings, shared by the models that have them. vamp: whether the
+    model's posterior is q(z | x) alone, of which the VampPrior is a mixture."""
     return [
         (cfg.prior in PRIORS, "model.prior", f"must be one of {', '.join(PRIORS)}"),
+        (vamp or cfg.prior != "vamp", "model.prior",
+         f"vamp needs a posterior q(z | x) of the image alone; {cfg.name!r} conditions its posterior on a label"),
         (cfg.prior_components >= 1, "model.prior_components", "must be >= 1"),
         (cfg.posterior in POSTERIORS, "model.posterior", f"must be one of {', '.join(POSTERIORS)}"),
         # Free bits per group of dimensions needs the KL per dimension, i.e. q and p that both factorise.
@@ -42,7 +46,7 @@ def prior_posterior_checks(cfg: VAEConfig, objective) -> list[tuple[bool, str, s
 
 
 class VAE(Model):
-    """p(z) = N(0, I) or (1/K) sum_k N(m_k, diag v_k); p(x|z) = Bernoulli(logits = decoder(z)) or
+    """p(z) = N(0, I), (1/K) sum_k N(m_k, diag v_k) or (1/K) sum_k q(z | u_k); p(x|z) = Bernoulli(logits = decoder(z)) or
     N(decoder(z), v); q(z|x) = N(mu(x), diag sigma^2(x)) or N(mu(x), L(x) L(x)^T)."""
 
     Config = VAEConfig
@@ -53,12 +57,12 @@ class VAE(Model):
         self.posterior_family = build_posterior(cfg.posterior, cfg.z_dim)
         self.encoder = build_encoder(cfg.net, cfg.image_shape, self.posterior_family.n_params, **cfg.net_options())
         self.decoder = build_decoder(cfg.net, cfg.z_dim, cfg.image_shape, **cfg.net_options())
-        self.prior = build_prior(cfg.prior, cfg.z_dim, cfg.prior_components)
+        self.prior = build_prior(cfg.prior, cfg.z_dim, cfg.prior_components, cfg.x_dim)
         self.observation = build_likelihood(cfg.likelihood, cfg.x_dim, cfg.decoder_variance)
 
     @classmethod
     def settings_checks(cls, cfg: VAEConfig, objective) -> list[tuple[bool, str, str]]:
-        return prior_posterior_checks(cfg, objective)
+        return prior_posterior_checks(cfg, objective, vamp=True)
 
     @property
     def elements_per_sample(self) -> int:
@@ -76,7 +80,7 @@ class VAE(Model):
         """k reparameterised draws z_i ~ q(z|x); one latent group "z"."""
         x = batch["x"]
         q = self.posterior(x)
-        prior = self.prior()
+        prior = self.prior(self.posterior)
         z = q.rsample((k,))
         kl, kl_dims = kl_terms(q, prior)
         return Terms(self.likelihood(z).log_prob(x), {"z": LatentGroup(lambda: prior.log_prob(z), lambda: q.log_prob(z), kl, kl_dims)})
@@ -91,4 +95,4 @@ class VAE(Model):
 
     @torch.no_grad()
     def sample_codes(self, n: int) -> dict[str, torch.Tensor]:
-        return {"z": self.prior().sample((n,))}
+        return {"z": self.prior(self.posterior).sample((n,))}
