@@ -7,6 +7,7 @@
 # Usage: bash experiments/priors_flows.sh [DATA_DIR] [NAMES...]
 #   names: normal vamp iaf af (default all); STEPS=N (default 30000: 50 epochs of batch 100, Adam 1e-3).
 # The papers train for up to 2,000 epochs with early stopping (VampPrior: ~1.2M steps of batch 100).
+# Each name runs on one CPU thread (OMP_NUM_THREADS=1), so two names can run side by side on 2 cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 data_dir=${1:-${VAELAB_DATA:-../shared/data}}
@@ -15,6 +16,7 @@ names=${*:-normal vamp iaf af}
 steps=${STEPS:-30000}
 out=experiments/priors_flows
 mkdir -p "$out"
+export OMP_NUM_THREADS=1
 
 for name in $names; do
   run=runs/flows_$name

@@ -151,6 +151,9 @@ SETTINGS = [
     dict(prior="mog", posterior="full", prior_components=20),
     dict(prior="vamp", posterior="diagonal", prior_components=20),
     dict(prior="vamp", posterior="full", prior_components=20),
+    dict(prior="normal", posterior="iaf", flow_steps=2, flow_hidden=(16,)),
+    dict(prior="af", posterior="diagonal", flow_steps=2, flow_hidden=(16,)),
+    dict(prior="vamp", posterior="iaf", prior_components=20, flow_steps=2, flow_hidden=(16,)),
 ]
 OBJECTIVES = [
     dict(kind="elbo"),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -46,6 +47,7 @@ TRAIN_FLAGS = {
     "prior": "model.prior",
     "components": "model.prior_components",
     "posterior": "model.posterior",
+    "flow_steps": "model.flow_steps",
     "likelihood": "model.likelihood",
     "decoder_variance": "model.decoder_variance",
     "gen_weight": "model.gen_weight",
@@ -101,9 +103,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kl-warmup", type=int, metavar="STEPS", help="KL annealing: KL weight rises linearly from 0 to beta over STEPS (default 0: off)")
     p.add_argument("--free-bits", type=float, metavar="LAMBDA", help="free bits: KL cost per group is max(LAMBDA, batch-mean KL) (default 0: off)")
     p.add_argument("--free-bits-group", type=int, metavar="G", help="latent dimensions per free-bits group; 0 = all in one (default 1)")
-    p.add_argument("--prior", choices=PRIORS, help="prior p(z): normal N(0, I), mog, a learnable mixture (GMVAE), or vamp, the VampPrior (default normal)")
+    p.add_argument("--prior", choices=PRIORS, help="prior p(z): normal N(0, I), mog, a learnable mixture (GMVAE), vamp, the VampPrior, or af, an autoregressive flow (default normal)")
     p.add_argument("--components", type=int, help="mixture components (--prior mog) or pseudo-inputs (--prior vamp) (default 500)")
-    p.add_argument("--posterior", choices=tuple(POSTERIORS), help="q(z|x): diagonal or full covariance via a Cholesky factor (default diagonal)")
+    p.add_argument("--posterior", choices=tuple(POSTERIORS),
+                   help="q(z|x): diagonal, full covariance via a Cholesky factor, or iaf (inverse autoregressive flow) (default diagonal)")
+    p.add_argument("--flow-steps", type=int, help="autoregressive steps of --posterior iaf and --prior af (default 2)")
     p.add_argument("--likelihood", choices=LIKELIHOODS,
                    help="p(x|z): bernoulli on binarized pixels, or gaussian (fixed variance) / gaussian-learned on pixels in [0, 1]")
     p.add_argument("--decoder-variance", type=float, help="variance of the gaussian likelihood (default 0.1)")
@@ -278,6 +282,12 @@ def cmd_eval(args) -> int:
             if key.startswith("niwae_") and not key.endswith("_sem"):
                 sem = result.get(f"{key}_sem")
                 print(f"  -IWAE-{key[6:]:<5} {value:.2f}" + (f"  (+- {sem:.2f} s.e.)" if sem is not None else ""))
+        print(f"  active units {result['active_units']} of {result['z_dim']}")
+        for key, value in result.items():
+            if key.startswith("mutual_information"):
+                suffix = key[len("mutual_information"):]
+                print(f"  ELBO surgery{suffix.replace('_', ' of ')} on {result['surgery_images']} images: I(x; z) {value:.2f} "
+                      f"(at most log N = {math.log(result['surgery_images']):.2f}), marginal KL(q(z) || p(z)) {result['marginal_kl' + suffix]:.2f}")
         print(f"  ({result['seconds']:.1f} s)")
     return 0
 

@@ -8,6 +8,7 @@ from torch import nn
 from torch.distributions import Distribution, Independent, MultivariateNormal, Normal, register_kl
 
 from .common import VARIANCE_FLOOR, full_precision
+from .flows import IAFPosterior
 
 
 class DiagonalGaussian(nn.Module):
@@ -52,14 +53,19 @@ class FullCovarianceGaussian(nn.Module):
         return MultivariateNormal(mean, scale_tril=scale_tril, validate_args=False)
 
 
-POSTERIORS = {"diagonal": DiagonalGaussian, "full": FullCovarianceGaussian}
+POSTERIORS = ("diagonal", "full", "iaf")
 
 
-def build_posterior(name: str, z_dim: int) -> nn.Module:
-    """The posterior family named by a model's `posterior` setting: diagonal or full."""
-    if name not in POSTERIORS:
-        raise ValueError(f"unknown posterior {name!r}")
-    return POSTERIORS[name](z_dim)
+def build_posterior(name: str, z_dim: int, flow_steps: int = 2, flow_hidden: tuple[int, ...] = (300, 300)) -> nn.Module:
+    """The posterior family named by a model's `posterior` setting: diagonal, full, or iaf (a diagonal
+    Gaussian followed by `flow_steps` inverse autoregressive steps with MADEs of `flow_hidden` widths)."""
+    if name == "diagonal":
+        return DiagonalGaussian(z_dim)
+    if name == "full":
+        return FullCovarianceGaussian(z_dim)
+    if name == "iaf":
+        return IAFPosterior(z_dim, flow_steps, tuple(flow_hidden))
+    raise ValueError(f"unknown posterior {name!r}")
 
 
 @register_kl(MultivariateNormal, Independent)

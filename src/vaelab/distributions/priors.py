@@ -14,6 +14,7 @@ from torch import nn
 from torch.distributions import Categorical, Distribution, Independent, MixtureSameFamily, Normal
 
 from .common import VARIANCE_FLOOR
+from .flows import AutoregressiveFlowPrior
 from .kl import factorised_normal
 
 
@@ -114,12 +115,16 @@ class VampPrior(nn.Module):
         return self.components
 
 
-PRIORS = ("normal", "mog", "vamp")
+PRIORS = ("normal", "mog", "vamp", "af")
 
 
-def build_prior(name: str, z_dim: int, components: int, x_dim: int | None = None) -> nn.Module:
-    """The prior named by model.prior: normal (N(0, I)), mog (mixture of `components` Gaussians) or vamp
-    (VampPrior over `components` pseudo-inputs of size x_dim)."""
+def build_prior(name: str, z_dim: int, components: int, x_dim: int | None = None, flow_steps: int = 2,
+                flow_hidden: tuple[int, ...] = (300, 300)) -> nn.Module:
+    """The prior named by model.prior: normal (N(0, I)), mog (mixture of `components` Gaussians), vamp
+    (VampPrior over `components` pseudo-inputs of size x_dim) or af (autoregressive flow of `flow_steps`
+    MADEs of `flow_hidden` widths on N(0, I))."""
+    if name == "af":
+        return AutoregressiveFlowPrior(z_dim, flow_steps, tuple(flow_hidden))
     if name == "mog":
         return MixtureOfGaussiansPrior(z_dim, components)
     if name == "normal":

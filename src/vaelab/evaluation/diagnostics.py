@@ -1,7 +1,10 @@
 """Diagnostics of a trained model's latent space, from the contract alone: active units per latent
-group, KL per latent dimension, and the classifier's test accuracy for models that have one."""
+group, KL per latent dimension, ELBO surgery (mutual information and marginal KL), and the classifier's
+test accuracy for models that have one."""
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -47,3 +50,31 @@ def accuracy(model, x: torch.Tensor, y: torch.Tensor, batch: int = 2000) -> floa
     correct = sum(int((model.classify({"x": x[i : i + batch]}).argmax(-1) == y[i : i + batch]).sum())
                   for i in range(0, len(x), batch))
     return correct / len(x)
+
+
+@torch.inference_mode()
+def elbo_surgery(model, x: torch.Tensor, y: torch.Tensor | None = None, chunk: int = 25) -> dict[str, dict[str, float]]:
+    """Hoffman & Johnson's (2016) split of the average KL, per latent group, over the N inputs of x:
+
+        E_n KL(q(z | x_n) || p(z)) = I_q(n; z) + KL(q(z) || p(z)),   q(z) = (1/N) sum_m q(z | x_m),
+
+    the index-code mutual information (at most log N) plus the marginal KL between the aggregate posterior
+    and the prior. One draw z_n ~ q(z | x_n) per input; log q(z_n) = logsumexp_m log q(z_n | x_m) - log N
+    over all N inputs (an N x N table, computed `chunk` draws at a time: a flow posterior inverts its flow
+    for every pair). By construction kl = mutual_information + marginal_kl for the same draws."""
+    if not model.spec.aggregate_posterior:
+        return {}
+    n = x.shape[0]
+    posteriors = model.posteriors(model_batch(model, x, y))
+    priors = model.priors()
+    result = {}
+    for name, q in posteriors.items():
+        z = q.sample()  # (N, d)
+        log_q_own = q.log_prob(z)
+        log_p = priors[name].log_prob(z)
+        log_aggregate = torch.cat([torch.logsumexp(q.log_prob(z[i : i + chunk].clone().unsqueeze(-2)), dim=-1)
+                                   for i in range(0, n, chunk)]) - math.log(n)
+        result[name] = {"mutual_information": float((log_q_own - log_aggregate).mean()),
+                        "marginal_kl": float((log_aggregate - log_p).mean()),
+                        "kl": float((log_q_own - log_p).mean()), "images": n, "log_images": math.log(n)}
+    return result

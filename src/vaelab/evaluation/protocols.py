@@ -20,12 +20,15 @@ from .. import data as data_mod
 from ..devices import check_compile_toolchain, matmul_precision
 from ..errors import DataError
 from .bounds import DEFAULT_BUDGET, elbo_terms, iwae_per_image
-from .diagnostics import accuracy, active_units
+from .diagnostics import accuracy, active_units, elbo_surgery, kl_per_dimension
 
 PROTOCOLS = ("cs236", "full")
 DEFAULT_IW = {"cs236": (1, 10, 100, 1000), "full": (1, 10, 100, 1000, 5000)}
 NELBO_REPEATS = {"cs236": 100, "full": 10}
 ACTIVITY_THRESHOLD = 0.01
+SURGERY_IMAGES = 1000
+"""Inputs of the ELBO-surgery estimate (the first of the protocol's images): its N x N table of log q(z_n | x_m)
+bounds the mutual information by log N = 6.9 nats."""
 
 
 def evaluation_set(protocol: str, test: data_mod.ImageSet, binary: bool = True, binarize_seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -78,6 +81,31 @@ def _iwae_metrics(model, x, y, iws, repeats_of, budget: int, standard_errors: bo
     return result
 
 
+def latent_diagnostics(model, x: torch.Tensor, y: torch.Tensor | None = None, progress=None) -> dict:
+    """Active units and KL per dimension of each latent group on all of x, and ELBO surgery (mutual information
+    I(x; z) under q and the marginal KL(q(z) || p(z))) on its first SURGERY_IMAGES inputs. Keys carry the
+    group's name (`_<group>`) when the model has more than one."""
+    result = {}
+    variances = active_units(model, x, y)
+    several = len(variances) > 1
+    result["active_units"] = int(sum(int((v > ACTIVITY_THRESHOLD).sum()) for v in variances.values()))
+    result["z_dim"] = int(sum(v.shape[0] for v in variances.values()))
+    if several:
+        result.update({f"active_units_{name}": int((v > ACTIVITY_THRESHOLD).sum()) for name, v in variances.items()})
+    for name, kl in kl_per_dimension(model, x, y).items():
+        result["per_dimension_kl" + (f"_{name}" if several else "")] = [round(float(v), 4) for v in kl]
+    if model.spec.aggregate_posterior:
+        if progress:
+            progress(f"ELBO surgery ({min(len(x), SURGERY_IMAGES)} images)")
+        surgery = elbo_surgery(model, x[:SURGERY_IMAGES], None if y is None else y[:SURGERY_IMAGES])
+        for name, parts in surgery.items():
+            suffix = f"_{name}" if len(surgery) > 1 else ""
+            result[f"mutual_information{suffix}"] = parts["mutual_information"]
+            result[f"marginal_kl{suffix}"] = parts["marginal_kl"]
+        result["surgery_images"] = min(len(x), SURGERY_IMAGES)
+    return result
+
+
 def evaluate(model, test: data_mod.ImageSet, protocol: str = "cs236", iws=None, seed: int = 0,
              budget: int = DEFAULT_BUDGET, progress=None, compile: bool = False, precision: str = "fp32") -> dict:
     """Run a protocol and return a flat dict of metrics (nats; nelbo, kl, rec, kl_<group>, niwae_<m>, ...).
@@ -117,12 +145,7 @@ def evaluate(model, test: data_mod.ImageSet, protocol: str = "cs236", iws=None, 
             result["accuracy_images"] = len(test)
         repeats_of = (lambda m: max(100 // m, 1)) if protocol == "cs236" else (lambda m: 1)
         result.update(_iwae_metrics(bounded, x, y, iws, repeats_of, budget, standard_errors=protocol == "full", progress=progress))
-        if protocol == "full":
-            variances = active_units(model, x, y)
-            result["active_units"] = int(sum(int((v > ACTIVITY_THRESHOLD).sum()) for v in variances.values()))
-            result["z_dim"] = int(sum(v.shape[0] for v in variances.values()))
-            if len(variances) > 1:
-                result.update({f"active_units_{name}": int((v > ACTIVITY_THRESHOLD).sum()) for name, v in variances.items()})
+        result.update(latent_diagnostics(model, x, y, progress))
     model.train(was_training)
     result["seconds"] = round(time.perf_counter() - start, 2)
     return result

@@ -91,6 +91,9 @@ class ModelSpec:
     models that generate given a label; figures then draw one column per label."""
     classifier: bool = False
     """Whether it has classify(batch) -> logits of q(y | x); evaluation then reports test accuracy."""
+    aggregate_posterior: bool = False
+    """Whether it has posteriors(batch) and priors(), the distributions q(z | x) and p(z) of its latent
+    groups; evaluation then reports ELBO surgery (mutual information, marginal KL) for each group."""
 
 
 def _resolve(value: LazyTensor) -> torch.Tensor:
@@ -220,6 +223,14 @@ class Model(nn.Module):
 
     def sample_codes(self, n: int) -> dict[str, torch.Tensor]:
         """n draws of the codes from the prior (the label code, if any, cycles 0, 1, ..., C-1, 0, ...)."""
+        raise NotImplementedError
+
+    def posteriors(self, batch: dict) -> dict[str, "torch.distributions.Distribution"]:
+        """q of each latent group given the batch, batch shape (B,) (models with spec.aggregate_posterior)."""
+        raise NotImplementedError
+
+    def priors(self) -> dict[str, "torch.distributions.Distribution"]:
+        """p of each latent group, unconditional (models with spec.aggregate_posterior)."""
         raise NotImplementedError
 
     @torch.no_grad()

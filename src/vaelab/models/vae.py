@@ -23,11 +23,17 @@ from .base import LatentGroup, Model, ModelConfig, ModelSpec, Terms
 class VAEConfig(ModelConfig):
     prior: str = "normal"
     """p(z): normal (N(0, I)), mog (learnable mixture of Gaussians, uniform weights: GMVAE) or vamp
-    (VampPrior: the posterior's mixture over learnable pseudo-inputs; the VAE only)."""
+    (VampPrior: the posterior's mixture over learnable pseudo-inputs; the VAE only) or af (autoregressive
+    flow on N(0, I), VLAE's prior)."""
     prior_components: int = 500
     """Mixture components K when prior = mog, pseudo-inputs when prior = vamp (the papers use 500)."""
     posterior: str = "diagonal"
-    """q(z|x): diagonal (N(mu, diag sigma^2)) or full (N(mu, L L^T), Cholesky factor L)."""
+    """q(z|x): diagonal (N(mu, diag sigma^2)), full (N(mu, L L^T), Cholesky factor L) or iaf (diagonal, then
+    flow_steps inverse autoregressive steps conditioned on the encoder's context h(x))."""
+    flow_steps: int = 2
+    """Autoregressive steps T of the iaf posterior and of the af prior."""
+    flow_hidden: tuple[int, ...] = (300, 300)
+    """Hidden widths of each flow step's MADE."""
 
 
 def prior_posterior_checks(cfg: VAEConfig, objective, vamp: bool = False) -> list[tuple[bool, str, str]]:
@@ -38,6 +44,8 @@ def prior_posterior_checks(cfg: VAEConfig, objective, vamp: bool = False) -> lis
         (vamp or cfg.prior != "vamp", "model.prior",
          f"vamp needs a posterior q(z | x) of the image alone; {cfg.name!r} conditions its posterior on a label"),
         (cfg.prior_components >= 1, "model.prior_components", "must be >= 1"),
+        (cfg.flow_steps >= 1, "model.flow_steps", "must be >= 1"),
+        (len(cfg.flow_hidden) >= 1 and all(w >= 1 for w in cfg.flow_hidden), "model.flow_hidden", "must be one or more widths >= 1"),
         (cfg.posterior in POSTERIORS, "model.posterior", f"must be one of {', '.join(POSTERIORS)}"),
         # Free bits per group of dimensions needs the KL per dimension, i.e. q and p that both factorise.
         (objective.free_bits == 0 or objective.free_bits_group == 0 or (cfg.posterior == "diagonal" and cfg.prior == "normal"),
@@ -50,14 +58,14 @@ class VAE(Model):
     N(decoder(z), v); q(z|x) = N(mu(x), diag sigma^2(x)) or N(mu(x), L(x) L(x)^T)."""
 
     Config = VAEConfig
-    spec = ModelSpec()
+    spec = ModelSpec(aggregate_posterior=True)
 
     def __init__(self, cfg: VAEConfig):
         super().__init__(cfg)
-        self.posterior_family = build_posterior(cfg.posterior, cfg.z_dim)
+        self.posterior_family = build_posterior(cfg.posterior, cfg.z_dim, cfg.flow_steps, cfg.flow_hidden)
         self.encoder = build_encoder(cfg.net, cfg.image_shape, self.posterior_family.n_params, **cfg.net_options())
         self.decoder = build_decoder(cfg.net, cfg.z_dim, cfg.image_shape, **cfg.net_options())
-        self.prior = build_prior(cfg.prior, cfg.z_dim, cfg.prior_components, cfg.x_dim)
+        self.prior = build_prior(cfg.prior, cfg.z_dim, cfg.prior_components, cfg.x_dim, cfg.flow_steps, cfg.flow_hidden)
         self.observation = build_likelihood(cfg.likelihood, cfg.x_dim, cfg.decoder_variance)
 
     @classmethod
@@ -84,6 +92,12 @@ class VAE(Model):
         z = q.rsample((k,))
         kl, kl_dims = kl_terms(q, prior)
         return Terms(self.likelihood(z).log_prob(x), {"z": LatentGroup(lambda: prior.log_prob(z), lambda: q.log_prob(z), kl, kl_dims)})
+
+    def posteriors(self, batch: dict) -> dict[str, Distribution]:
+        return {"z": self.posterior(batch["x"])}
+
+    def priors(self) -> dict[str, Distribution]:
+        return {"z": self.prior(self.posterior)}
 
     @torch.no_grad()
     def encode(self, batch: dict) -> dict[str, torch.Tensor]:
