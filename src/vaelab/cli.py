@@ -328,14 +328,12 @@ def cmd_plot(args) -> int:
         elif args.kind == "latents":
             figures.latent_scatter(model, x[: args.images], y[: args.images], out, title=f"{args.run_dir.name}: posterior means")
         else:
-            kl = evaluation.kl_per_dimension(model, x[: args.images], y[: args.images])
-            if not kl:
-                raise VaelabError(f"--kind kl: KL per dimension needs a posterior and prior that factorise (a diagonal posterior, a normal prior); "
-                                  f"{args.run_dir} has no latent group whose KL splits by dimension")
-            values = torch.cat(list(kl.values()))
-            names = ", ".join(f"{name} {float(v.sum()):.2f}" for name, v in kl.items()) if len(kl) > 1 else ""
-            figures.kl_bar_chart(values, out, title=f"{args.run_dir.name}: KL per dimension, total {float(values.sum()):.2f} nats"
-                                 + (f" ({names})" if names else ""))
+            xs, ys = x[: args.images], None if y is None else y[: args.images]
+            kl = evaluation.kl_per_dimension(model, xs, ys)
+            per_dimension = torch.cat(list(kl.values())) if kl else torch.cat(list(evaluation.active_units(model, xs, ys).values()))
+            surgery = evaluation.elbo_surgery(model, xs[: evaluation.SURGERY_IMAGES], None if ys is None else ys[: evaluation.SURGERY_IMAGES])
+            figures.kl_diagnostics_figure(per_dimension, bool(kl), next(iter(surgery.values())) if len(surgery) == 1 else None, out,
+                                          title=f"{args.run_dir.name} ({label}) on {len(xs)} test images")
     print(f"wrote {out}")
     return 0
 

@@ -193,6 +193,40 @@ def kl_bar_chart(kl: torch.Tensor, path, title: str = "", threshold: float = 0.0
     return _save(fig, path)
 
 
+def kl_diagnostics_figure(per_dimension: torch.Tensor, per_dimension_is_kl: bool, surgery: dict | None, path,
+                          title: str = "", threshold: float = 0.01) -> Path:
+    """Left: the KL per latent dimension (or, where q and p do not factorise, the activity Var_x E[z_j | x]
+    of each dimension against Burda et al.'s 0.01 threshold). Right, for models with ELBO surgery: the
+    average KL split into the mutual information I(x; z) and the marginal KL(q(z) || p(z)), with I's
+    ceiling log N for the N images of the estimate."""
+    import matplotlib.pyplot as plt
+
+    values = per_dimension.cpu().numpy()
+    widths = [max(4.0, 0.3 * len(values) + 1.5), 3.8][: 2 if surgery else 1]  # inches: bars, then the surgery panel
+    fig, axes = plt.subplots(1, len(widths), figsize=(sum(widths), 3.8), squeeze=False, gridspec_kw={"width_ratios": widths})
+    ax = axes[0, 0]
+    active = int((values > threshold).sum())
+    ax.bar(range(len(values)), values, color=["tab:blue" if v > threshold else "tab:gray" for v in values])
+    ax.set_xticks(range(len(values)))
+    ax.set_xlabel("latent dimension")
+    if per_dimension_is_kl:
+        ax.set(ylabel="mean KL(q(z_j|x) || p(z_j)), nats", title=f"KL per dimension: total {values.sum():.2f} nats, {active} above {threshold}")
+    else:
+        ax.axhline(threshold, color="tab:red", lw=0.8, ls="--")
+        ax.set(ylabel="Var_x E[z_j | x]", yscale="log", title=f"activity per dimension: {active} active units (> {threshold})")
+    if surgery:
+        ax = axes[0, 1]
+        mi, marginal = surgery["mutual_information"], surgery["marginal_kl"]
+        ax.bar(["KL"], [mi], color="tab:orange", label=f"I(x; z) = {mi:.2f}")
+        ax.bar(["KL"], [marginal], bottom=[mi], color="tab:purple", label=f"KL(q(z) || p(z)) = {marginal:.2f}")
+        ax.axhline(surgery["log_images"], color="black", lw=0.8, ls=":", label=f"log N = {surgery['log_images']:.2f}")
+        ax.set(ylabel="nats", title=f"ELBO surgery, N = {surgery['images']} images")
+        ax.legend(fontsize=8, loc="lower right")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 # What each logged quantity is, for curve titles. The NELBO is the true (beta = 1) bound whatever the
 # objective trained, so runs of different objectives (beta-VAE, IWAE, free bits) compare on one scale.
 CURVE_TITLES = {
