@@ -266,3 +266,36 @@ def test_free_bits_apply_per_latent_group():
     out = objectives.loss(terms)
     assert out.kl.item() == pytest.approx(2.1 + 0.6 + 0.3)
     assert {k: round(v.item(), 4) for k, v in out.extras.items()} == {"kl_a": 2.1, "kl_c": 0.6, "kl_label": 0.3}
+
+
+def test_cvae_conditional_prior_is_learned_per_label_with_analytic_kl():
+    """p(z | y) = N(m_y, diag v_y): the KL in the terms is the closed form against the label's own Gaussian,
+    prior samples follow the labels asked for, and M2 refuses the setting."""
+    torch.manual_seed(0)
+    model = build_model(model_config("cvae", x_dim=30, z_dim=3, hidden=(16,), classes=4, conditional_prior=True)).double()
+    with torch.no_grad():
+        model.label_prior.means.copy_(torch.arange(12, dtype=torch.float64).view(4, 3))
+    x = torch.bernoulli(torch.full((6, 30), 0.4, dtype=torch.float64))
+    y = torch.tensor([0, 1, 2, 3, 1, 2])
+    terms = model({"x": x, "y": y}, 2)
+    q = model.posterior(x, y)
+    p = Independent(Normal(model.label_prior.means[y], (torch.nn.functional.softplus(model.label_prior.raw_variances[y]) + 1e-8).sqrt()), 1)
+    torch.testing.assert_close(terms.latents["z"].kl, kl_divergence(q, p))
+    z = model.label_prior(torch.full((2000,), 3)).sample()
+    torch.testing.assert_close(z.mean(0), torch.tensor([9.0, 10.0, 11.0], dtype=torch.float64), atol=0.1, rtol=0)
+    assert model.sample(4, labels=torch.tensor([0, 1, 2, 3])).shape == (4, 30)
+    assert model.label_grid(2).shape == (2, 4, 30)
+    out = objectives.loss(terms)
+    out.loss.backward()
+    assert model.label_prior.means.grad.abs().sum() > 0
+    cfg = RunConfig()
+    set_key(cfg, "model.name", "ssvae")
+    set_key(cfg, "model.conditional_prior", "true")
+    with pytest.raises(ConfigError, match="model.conditional_prior: applies to cvae"):
+        validate(cfg)
+    cfg = RunConfig()
+    set_key(cfg, "model.name", "cvae")
+    set_key(cfg, "model.conditional_prior", "true")
+    set_key(cfg, "model.prior", "mog")
+    with pytest.raises(ConfigError, match="model.conditional_prior: replaces p\\(z\\): it needs model.prior = normal"):
+        validate(cfg)

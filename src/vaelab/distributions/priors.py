@@ -115,6 +115,23 @@ class VampPrior(nn.Module):
         return self.components
 
 
+class LabelConditionalPrior(nn.Module):
+    """p(z | y) = N(m_y, diag v_y): a learnable Gaussian per label (the conditional prior of the CVAE objective
+    E_q[log p(x | z, y)] - KL(q(z | x, y) || p(z | y)) in seed 002). Starts at N(0, I) for every label."""
+
+    needs_posterior = False
+
+    def __init__(self, z_dim: int, classes: int):
+        super().__init__()
+        self.means = nn.Parameter(torch.zeros(classes, z_dim))
+        self.raw_variances = nn.Parameter(torch.full((classes, z_dim), math.log(math.expm1(1.0 - VARIANCE_FLOOR))))
+
+    def forward(self, y: torch.Tensor) -> Distribution:
+        """p(z | y) for integer labels y (B,): batch shape (B,)."""
+        variances = nn.functional.softplus(self.raw_variances[y]) + VARIANCE_FLOOR
+        return Independent(Normal(self.means[y], variances.sqrt(), validate_args=False), 1, validate_args=False)
+
+
 PRIORS = ("normal", "mog", "vamp", "af")
 
 

@@ -54,7 +54,8 @@ class SSVAE(Model):
     @classmethod
     def settings_checks(cls, cfg: SSVAEConfig, objective) -> list[tuple[bool, str, str]]:
         return [*prior_posterior_checks(cfg, objective), (cfg.classes >= 2, "model.classes", "must be >= 2"),
-                (cfg.gen_weight >= 0, "model.gen_weight", "must be >= 0"), (cfg.class_weight >= 0, "model.class_weight", "must be >= 0")]
+                (cfg.gen_weight >= 0, "model.gen_weight", "must be >= 0"),
+                (not cfg.conditional_prior, "model.conditional_prior", "applies to cvae; M2's y is inferred, its prior is p(z)"), (cfg.class_weight >= 0, "model.class_weight", "must be >= 0")]
 
     @property
     def elements_per_sample(self) -> int:
