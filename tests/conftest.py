@@ -76,3 +76,17 @@ def real_data() -> Path:
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+def assert_refused(settings: list[tuple[str, str]], message: str) -> None:
+    """A default RunConfig with `settings` applied in order (`--set KEY=VALUE`) fails validation with `message`."""
+    import pytest
+
+    from vaelab.errors import ConfigError
+    from vaelab.training.config import RunConfig, set_key, validate
+
+    cfg = RunConfig()
+    for key, value in settings:
+        set_key(cfg, key, value)
+    with pytest.raises(ConfigError, match=message):
+        validate(cfg)

@@ -48,6 +48,7 @@ TRAIN_FLAGS = {
     "components": "model.prior_components",
     "posterior": "model.posterior",
     "flow_steps": "model.flow_steps",
+    "inference": "model.inference",
     "likelihood": "model.likelihood",
     "decoder_variance": "model.decoder_variance",
     "gen_weight": "model.gen_weight",
@@ -108,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--posterior", choices=tuple(POSTERIORS),
                    help="q(z|x): diagonal, full covariance via a Cholesky factor, or iaf (inverse autoregressive flow) (default diagonal)")
     p.add_argument("--flow-steps", type=int, help="autoregressive steps of --posterior iaf and --prior af (default 2)")
+    p.add_argument("--inference", choices=("bottom-up", "ladder"), help="hvae: bottom-up q(z_L|x) ... q(z_1|z_2,x), or ladder (top-down, precision-weighted) (default bottom-up)")
     p.add_argument("--likelihood", choices=LIKELIHOODS,
                    help="p(x|z): bernoulli on binarized pixels, or gaussian (fixed variance) / gaussian-learned on pixels in [0, 1]")
     p.add_argument("--decoder-variance", type=float, help="variance of the gaussian likelihood (default 0.1)")

@@ -8,6 +8,7 @@ import math
 from ..errors import ConfigError
 from .base import Auxiliary, LatentGroup, Model, ModelConfig, ModelSpec, Terms
 from .cvae import ConditionalVAE
+from .hvae import HierarchicalVAE
 from .ssvae import SSVAE
 from .vae import VAE
 
@@ -15,6 +16,7 @@ MODELS: dict[str, type[Model]] = {
     "vae": VAE,
     "cvae": ConditionalVAE,
     "ssvae": SSVAE,
+    "hvae": HierarchicalVAE,
 }
 
 

@@ -1,0 +1,177 @@
+"""Hierarchical VAE with L stochastic layers, bottom-up (VampPrior paper's HVAE) or top-down (Ladder VAE)
+inference, as one model whose inference is a setting.
+
+Generative story: z_L ~ p(z_L) (N(0, I) or the VampPrior), z_l | z_{l+1} ~ N(mu_l(z_{l+1}), diag sigma_l^2(z_{l+1})),
+                  x | z_1 ~ p(x | f_theta(z_1))  (Bernoulli or Gaussian).
+Inference, bottom-up: q(z_L | x) q(z_{L-1} | z_L, x) ... q(z_1 | z_2, x): each layer's Gaussian from an encoder of
+                  x with the layer above as context (Tomczak & Welling 2018, section 3: q(z_2 | x) q(z_1 | z_2, x)).
+Inference, ladder: a deterministic pass d_1 = enc(x), d_l = g_l(d_{l-1}) gives each layer a Gaussian
+                  N(mu_hat_l, sigma_hat_l^2); sampling goes top-down, q(z_L | x) = N(mu_hat_L, sigma_hat_L^2) and,
+                  below, the precision-weighted merge of N(mu_hat_l, sigma_hat_l^2) with p(z_l | z_{l+1}):
+                  sigma_q^-2 = sigma_hat^-2 + sigma_p^-2, mu_q = (mu_hat sigma_hat^-2 + mu_p sigma_p^-2) sigma_q^2
+                  (Sonderby et al. 2016).
+One latent group per layer ("z1" at the bottom ... "zL" at the top): log p, log q, and the analytic KL of each
+layer's Gaussians given the sampled layer above (the chain rule: the expected conditional KLs sum to the KL).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.distributions import Distribution, Independent, Normal
+
+from ..distributions import VARIANCE_FLOOR, build_likelihood, full_precision, kl_terms
+from ..distributions.priors import StandardNormalPrior, VampPrior
+from ..nets import build_decoder, build_encoder, mlp
+from .base import LatentGroup, Model, ModelConfig, ModelSpec, Terms
+
+INFERENCES = ("bottom-up", "ladder")
+
+
+@dataclass
+class HVAEConfig(ModelConfig):
+    z_dims: tuple[int, ...] = (40, 40)
+    """Latent sizes from the bottom layer z_1 (next to x) to the top z_L; their number is L (the VampPrior
+    paper's HVAE: 40, 40). model.z_dim is ignored in favour of this."""
+    inference: str = "bottom-up"
+    """bottom-up (q(z_L | x) ... q(z_1 | z_2, x)) or ladder (top-down with precision-weighted merging)."""
+    prior: str = "normal"
+    """p(z_L): normal (N(0, I)) or vamp (VampPrior over the top layer's posterior; bottom-up inference)."""
+    prior_components: int = 500
+    """Pseudo-inputs when prior = vamp."""
+
+
+def diagonal_gaussian(h: torch.Tensor) -> Independent:
+    """N(mean, diag var) from a vector [mean, pre-variance], var = softplus(pre) + floor."""
+    mean, pre = full_precision(h).chunk(2, dim=-1)
+    return Independent(Normal(mean, (nn.functional.softplus(pre) + VARIANCE_FLOOR).sqrt(), validate_args=False), 1, validate_args=False)
+
+
+def precision_weighted(up: Independent, down: Independent) -> Independent:
+    """The Ladder VAE's merge of the bottom-up and top-down Gaussians, dimension by dimension."""
+    up_precision, down_precision = up.base_dist.scale.pow(-2), down.base_dist.scale.pow(-2)
+    variance = (up_precision + down_precision).reciprocal()
+    mean = (up.base_dist.loc * up_precision + down.base_dist.loc * down_precision) * variance
+    return Independent(Normal(mean, variance.sqrt(), validate_args=False), 1, validate_args=False)
+
+
+class HierarchicalVAE(Model):
+    """p(z_L) prod_l p(z_l | z_{l+1}) p(x | z_1); q bottom-up q(z_L|x) prod q(z_l | z_{l+1}, x), or ladder
+    (top-down, precision-weighted merge of bottom-up and top-down Gaussians)."""
+
+    Config = HVAEConfig
+    spec = ModelSpec()
+
+    def __init__(self, cfg: HVAEConfig):
+        super().__init__(cfg)
+        dims, options = tuple(cfg.z_dims), cfg.net_options()
+        self.dims = dims
+        self.decoder = build_decoder(cfg.net, dims[0], cfg.image_shape, **options)
+        self.observation = build_likelihood(cfg.likelihood, cfg.x_dim, cfg.decoder_variance)
+        # p(z_l | z_{l+1}) for l = 1 .. L-1, index l - 1.
+        self.conditional_priors = nn.ModuleList(mlp(dims[l + 1], tuple(cfg.hidden), 2 * dims[l], cfg.activation) for l in range(len(dims) - 1))
+        if cfg.inference == "bottom-up":
+            # encoders[l]: q(z_{l+1} | x, z_{l+2}) (index l for layer l + 1); the top layer's sees x alone.
+            self.encoders = nn.ModuleList(
+                build_encoder(cfg.net, cfg.image_shape, 2 * dims[l], context_features=dims[l + 1] if l + 1 < len(dims) else 0, **options)
+                for l in range(len(dims)))
+        else:
+            width = cfg.hidden[-1] if cfg.hidden else 300
+            self.up_first = build_encoder(cfg.net, cfg.image_shape, width, **options)
+            self.up = nn.ModuleList(mlp(width, tuple(cfg.hidden), width, cfg.activation) for _ in dims[1:])
+            self.up_heads = nn.ModuleList(nn.Linear(width, 2 * d) for d in dims)
+            self.up_activation = nn.ELU()
+        self.prior = VampPrior(cfg.x_dim, cfg.prior_components) if cfg.prior == "vamp" else StandardNormalPrior(dims[-1])
+
+    @classmethod
+    def settings_checks(cls, cfg: HVAEConfig, objective) -> list[tuple[bool, str, str]]:
+        return [
+            (len(cfg.z_dims) >= 1 and all(d >= 1 for d in cfg.z_dims), "model.z_dims", "must be one or more sizes >= 1"),
+            (cfg.inference in INFERENCES, "model.inference", f"must be one of {', '.join(INFERENCES)}"),
+            (cfg.prior in ("normal", "vamp"), "model.prior", "must be normal or vamp"),
+            (cfg.prior != "vamp" or cfg.inference == "bottom-up", "model.prior",
+             "vamp needs the top layer's q(z_L | x) of the image alone: use model.inference = bottom-up"),
+            (cfg.prior_components >= 1, "model.prior_components", "must be >= 1"),
+        ]
+
+    @property
+    def layers(self) -> int:
+        return len(self.dims)
+
+    @property
+    def elements_per_sample(self) -> int:
+        prior = self.prior.elements_per_sample()
+        return max(self.decoder.activation_elements, prior, *(2 * d for d in self.dims))
+
+    def top_posterior(self, x: torch.Tensor) -> Distribution:
+        """q(z_L | x) of bottom-up inference (what the VampPrior mixes over its pseudo-inputs)."""
+        return diagonal_gaussian(self.encoders[-1](x))
+
+    def top_prior(self) -> Distribution:
+        return self.prior(self.top_posterior)
+
+    def conditional_prior(self, layer: int, above: torch.Tensor) -> Independent:
+        """p(z_layer | z_{layer+1}), layer counted from 1."""
+        return diagonal_gaussian(self.conditional_priors[layer - 1](above))
+
+    def likelihood(self, z1: torch.Tensor) -> Distribution:
+        return self.observation(self.decoder(z1))
+
+    def _posterior_draws(self, x: torch.Tensor, k: int, mean: bool = False):
+        """Top-down over layers L .. 1: (name, z, q, p) per layer, z of shape (k, B, d) (or the means)."""
+        draws, above = [], None
+        if self.config.inference == "ladder":
+            d = self.up_activation(self.up_first(x))
+            ups = [d]
+            for g in self.up:
+                d = g(d)
+                ups.append(d)
+            ups = [diagonal_gaussian(head(u)) for head, u in zip(self.up_heads, ups)]
+        for layer in range(self.layers, 0, -1):
+            p = self.top_prior() if layer == self.layers else self.conditional_prior(layer, above)
+            if self.config.inference == "ladder":
+                up = ups[layer - 1]
+                q = up if layer == self.layers else precision_weighted(up, p)
+            else:
+                q = diagonal_gaussian(self.encoders[layer - 1](x, above) if layer < self.layers else self.encoders[layer - 1](x))
+            if above is None:
+                z = q.mean.expand(k, *q.mean.shape) if mean else q.rsample((k,))
+            else:
+                z = q.mean if mean else q.rsample()  # q already carries the k draws of the layer above
+            draws.append((f"z{layer}", z, q, p))
+            above = z
+        return draws
+
+    def terms(self, batch: dict, k: int = 1) -> Terms:
+        """k draws top-down; one latent group per layer with the analytic KL given the layer above."""
+        x = batch["x"]
+        groups, z1 = {}, None
+        for name, z, q, p in self._posterior_draws(x, k):
+            kl, kl_dims = kl_terms(q, p)
+            if kl is not None and kl.dim() == 2:  # given a sampled layer above: average over its k draws
+                kl, kl_dims = kl.mean(0), kl_dims.mean(0) if kl_dims is not None else None
+            groups[name] = LatentGroup(lambda p=p, z=z: p.log_prob(z), lambda q=q, z=z: q.log_prob(z), kl, kl_dims)
+            z1 = z
+        groups = dict(sorted(groups.items(), key=lambda item: int(item[0][1:])))  # z1 .. zL
+        return Terms(self.likelihood(z1).log_prob(x), groups)
+
+    @torch.no_grad()
+    def encode(self, batch: dict) -> dict[str, torch.Tensor]:
+        """Each layer's posterior mean, the layers above fixed at their means."""
+        return {name: z[0] if z.dim() == 3 else z for name, z, _, _ in sorted(
+            ((n, z, q, p) for n, z, q, p in self._posterior_draws(batch["x"], 1, mean=True)), key=lambda d: int(d[0][1:]))}
+
+    @torch.no_grad()
+    def decode(self, codes: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.likelihood(codes["z1"]).mean
+
+    @torch.no_grad()
+    def sample_codes(self, n: int) -> dict[str, torch.Tensor]:
+        z = self.top_prior().sample((n,))
+        codes = {f"z{self.layers}": z}
+        for layer in range(self.layers - 1, 0, -1):
+            z = self.conditional_prior(layer, z).sample()
+            codes[f"z{layer}"] = z
+        return dict(sorted(codes.items(), key=lambda item: int(item[0][1:])))
