@@ -91,3 +91,10 @@ def captured_figures(monkeypatch):
     figs = []
     monkeypatch.setattr(figures, "_save", lambda fig, path: figs.append(fig) or path)
     return figs
+
+
+def test_kl_plot_names_each_latent_group_of_a_hierarchy(captured_figures):
+    figures.kl_diagnostics_figure(torch.tensor([0.5, 0.2, 1.0]), True, None, "unused.png", groups=[("z1", 2), ("z2", 1)])
+    (ax,) = captured_figures[0].axes
+    assert [t.get_text() for t in ax.texts] == ["z1", "z2"] and [t.get_text() for t in ax.get_xticklabels()] == ["0", "1", "0"]
+    assert ax.get_xlabel() == "latent dimension within each group" and ax.get_title().startswith("KL per dimension: total 1.70 nats")

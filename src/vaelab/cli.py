@@ -332,10 +332,12 @@ def cmd_plot(args) -> int:
         else:
             xs, ys = x[: args.images], None if y is None else y[: args.images]
             kl = evaluation.kl_per_dimension(model, xs, ys)
-            per_dimension = torch.cat(list(kl.values())) if kl else torch.cat(list(evaluation.active_units(model, xs, ys).values()))
+            per_group = kl or evaluation.active_units(model, xs, ys)
+            per_dimension = torch.cat(list(per_group.values()))
             surgery = evaluation.elbo_surgery(model, xs[: evaluation.SURGERY_IMAGES], None if ys is None else ys[: evaluation.SURGERY_IMAGES])
             figures.kl_diagnostics_figure(per_dimension, bool(kl), next(iter(surgery.values())) if len(surgery) == 1 else None, out,
-                                          title=f"{args.run_dir.name} ({label}) on {len(xs)} test images")
+                                          title=f"{args.run_dir.name} ({label}) on {len(xs)} test images",
+                                          groups=[(name, v.shape[0]) for name, v in per_group.items()])
     print(f"wrote {out}")
     return 0
 

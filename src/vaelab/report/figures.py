@@ -194,7 +194,7 @@ def kl_bar_chart(kl: torch.Tensor, path, title: str = "", threshold: float = 0.0
 
 
 def kl_diagnostics_figure(per_dimension: torch.Tensor, per_dimension_is_kl: bool, surgery: dict | None, path,
-                          title: str = "", threshold: float = 0.01) -> Path:
+                          title: str = "", threshold: float = 0.01, groups: list[tuple[str, int]] | None = None) -> Path:
     """Left: the KL per latent dimension (or, where q and p do not factorise, the activity Var_x E[z_j | x]
     of each dimension against Burda et al.'s 0.01 threshold). Right, for models with ELBO surgery: the
     average KL split into the mutual information I(x; z) and the marginal KL(q(z) || p(z)), with I's
@@ -209,6 +209,15 @@ def kl_diagnostics_figure(per_dimension: torch.Tensor, per_dimension_is_kl: bool
     ax.bar(range(len(values)), values, color=["tab:blue" if v > threshold else "tab:gray" for v in values])
     ax.set_xticks(range(len(values)))
     ax.set_xlabel("latent dimension")
+    if groups and len(groups) > 1:  # several latent groups side by side: name each, a line between them
+        start = 0
+        for name, size in groups:
+            ax.text(start + (size - 1) / 2, 1.0, name, transform=ax.get_xaxis_transform(), ha="center", va="bottom", fontsize=9)
+            if start:
+                ax.axvline(start - 0.5, color="black", lw=0.8)
+            start += size
+        ax.set_xticks(range(len(values)), [str(j) for _, size in groups for j in range(size)], fontsize=7)
+        ax.set_xlabel("latent dimension within each group")
     if per_dimension_is_kl:
         ax.set(ylabel="mean KL(q(z_j|x) || p(z_j)), nats", title=f"KL per dimension: total {values.sum():.2f} nats, {active} above {threshold}")
     else:
