@@ -49,6 +49,7 @@ TRAIN_FLAGS = {
     "posterior": "model.posterior",
     "flow_steps": "model.flow_steps",
     "inference": "model.inference",
+    "pixel_layers": "model.pixel_layers",
     "likelihood": "model.likelihood",
     "decoder_variance": "model.decoder_variance",
     "gen_weight": "model.gen_weight",
@@ -109,9 +110,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--posterior", choices=tuple(POSTERIORS),
                    help="q(z|x): diagonal, full covariance via a Cholesky factor, or iaf (inverse autoregressive flow) (default diagonal)")
     p.add_argument("--flow-steps", type=int, help="autoregressive steps of --posterior iaf and --prior af (default 2)")
+    p.add_argument("--pixel-layers", type=int, help="gated layers of --likelihood pixelcnn (default 3)")
     p.add_argument("--inference", choices=("bottom-up", "ladder"), help="hvae: bottom-up q(z_L|x) ... q(z_1|z_2,x), or ladder (top-down, precision-weighted) (default bottom-up)")
     p.add_argument("--likelihood", choices=LIKELIHOODS,
-                   help="p(x|z): bernoulli on binarized pixels, or gaussian (fixed variance) / gaussian-learned on pixels in [0, 1]")
+                   help="p(x|z): bernoulli on binarized pixels, gaussian (fixed variance) / gaussian-learned on pixels in [0, 1], "
+                        "or pixelcnn (autoregressive over binarized pixels, conditioned on the decoder's output)")
     p.add_argument("--decoder-variance", type=float, help="variance of the gaussian likelihood (default 0.1)")
     p.add_argument("--gen-weight", type=float, help="model.gen_weight of models trained on a labelled subset: weight of the unlabelled bound; 0 trains the classifier alone (default 1)")
     p.add_argument("--class-weight", type=float, help="model.class_weight of models trained on a labelled subset: weight of the labelled cross-entropy (default 100)")

@@ -1,4 +1,5 @@
-"""Observation models p(x | decoder output): Bernoulli for binary pixels, Gaussian for continuous ones.
+"""Observation models p(x | decoder output): Bernoulli for binary pixels, Gaussian for continuous ones,
+and the autoregressive PixelCNN over binary pixels (pixelcnn.py).
 A likelihood is a setting of a model (model.likelihood); each maps the decoder's output to a
 torch distribution with event shape (x_dim,)."""
 
@@ -12,11 +13,12 @@ from torch.distributions import Distribution, Independent, Normal, constraints
 from torch.nn import functional as F
 
 from .common import full_precision
+from .pixelcnn import PixelCNNLikelihood
 
-LIKELIHOODS = ("bernoulli", "gaussian", "gaussian-learned")
+LIKELIHOODS = ("bernoulli", "gaussian", "gaussian-learned", "pixelcnn")
 # Likelihoods of binary pixels: their models train on dynamically binarized images and are evaluated
 # on a fixed binarization; the others see pixels in [0, 1].
-BINARY_LIKELIHOODS = ("bernoulli",)
+BINARY_LIKELIHOODS = ("bernoulli", "pixelcnn")
 
 
 class IndependentBernoulli(Distribution):
@@ -69,6 +71,9 @@ class IndependentBernoulli(Distribution):
 class BernoulliLikelihood(nn.Module):
     """x_j ~ Bernoulli(sigmoid(h_j)), h the decoder's logits. For binary (binarized) data."""
 
+    def elements_per_sample(self) -> int:
+        return 0  # nothing beyond the decoder's output
+
     continuous = False
 
     def forward(self, h: torch.Tensor) -> Distribution:
@@ -97,13 +102,20 @@ class GaussianLikelihood(nn.Module):
             return self.fixed_variance
         return nn.functional.softplus(self.raw_variance) + self.floor
 
+    def elements_per_sample(self) -> int:
+        return 0  # nothing beyond the decoder's output
+
     def forward(self, h: torch.Tensor) -> Distribution:
         h = full_precision(h)
         scale = self.variance().sqrt().expand_as(h)
         return Independent(Normal(h, scale, validate_args=False), 1, validate_args=False)
 
 
-def build_likelihood(name: str, x_dim: int, variance: float = 0.1) -> nn.Module:
+def build_likelihood(name: str, x_dim: int, variance: float = 0.1, image_shape: tuple[int, ...] | None = None,
+                     pixel_layers: int = 3, pixel_channels: int = 32) -> nn.Module:
+    """The likelihood named by model.likelihood; pixelcnn needs the image shape and its layer settings."""
+    if name == "pixelcnn":
+        return PixelCNNLikelihood(image_shape, pixel_layers, pixel_channels)
     if name == "bernoulli":
         return BernoulliLikelihood()
     if name == "gaussian":

@@ -60,11 +60,21 @@ class ModelConfig:
     variance); the Gaussian ones train and evaluate on continuous pixels in [0, 1], not binarized."""
     decoder_variance: float = 0.1
     """Variance of the gaussian likelihood (the reference FSVAE uses 0.1); initial value for gaussian-learned."""
+    pixel_layers: int = 3
+    """Gated layers of the pixelcnn likelihood (kernel 3: each sees about this many rows above and columns
+    to the left; few layers keep the decoder weak, so z carries the global structure)."""
+    pixel_channels: int = 32
+    """Channels of each pixelcnn layer."""
 
     @property
     def binary_pixels(self) -> bool:
         """Whether the likelihood is over binarized pixels (then data are binarized) or continuous ones."""
         return self.likelihood in BINARY_LIKELIHOODS
+
+    def likelihood_options(self) -> dict:
+        """The keyword arguments of distributions.build_likelihood besides its name and x_dim."""
+        return {"variance": self.decoder_variance, "image_shape": tuple(self.image_shape), "pixel_layers": self.pixel_layers,
+                "pixel_channels": self.pixel_channels}
 
     def net_options(self) -> dict:
         """The keyword arguments of nets.build_encoder / build_decoder besides the net kind."""

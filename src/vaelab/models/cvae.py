@@ -55,7 +55,7 @@ class ConditionalVAE(Model):
             self.label_prior = LabelConditionalPrior(cfg.z_dim, cfg.classes)
         else:
             self.prior = build_prior(cfg.prior, cfg.z_dim, cfg.prior_components, cfg.x_dim, cfg.flow_steps, cfg.flow_hidden)
-        self.observation = build_likelihood(cfg.likelihood, cfg.x_dim, cfg.decoder_variance)
+        self.observation = build_likelihood(cfg.likelihood, cfg.x_dim, **cfg.likelihood_options())
 
     @classmethod
     def settings_checks(cls, cfg: CVAEConfig, objective) -> list[tuple[bool, str, str]]:
@@ -66,7 +66,7 @@ class ConditionalVAE(Model):
     @property
     def elements_per_sample(self) -> int:
         prior_elements = self.config.z_dim if self.config.conditional_prior else self.prior.elements_per_sample()
-        return max(self.decoder.activation_elements, prior_elements)
+        return max(self.decoder.activation_elements, prior_elements, self.observation.elements_per_sample())
 
     def prior_given(self, y: torch.Tensor) -> Distribution:
         """p(z | y) with batch shape (B,) under conditional_prior, else p(z) (batch shape ())."""

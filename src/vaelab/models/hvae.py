@@ -69,7 +69,7 @@ class HierarchicalVAE(Model):
         dims, options = tuple(cfg.z_dims), cfg.net_options()
         self.dims = dims
         self.decoder = build_decoder(cfg.net, dims[0], cfg.image_shape, **options)
-        self.observation = build_likelihood(cfg.likelihood, cfg.x_dim, cfg.decoder_variance)
+        self.observation = build_likelihood(cfg.likelihood, cfg.x_dim, **cfg.likelihood_options())
         # p(z_l | z_{l+1}) for l = 1 .. L-1, index l - 1.
         self.conditional_priors = nn.ModuleList(mlp(dims[l + 1], tuple(cfg.hidden), 2 * dims[l], cfg.activation) for l in range(len(dims) - 1))
         if cfg.inference == "bottom-up":
@@ -103,7 +103,7 @@ class HierarchicalVAE(Model):
     @property
     def elements_per_sample(self) -> int:
         prior = self.prior.elements_per_sample()
-        return max(self.decoder.activation_elements, prior, *(2 * d for d in self.dims))
+        return max(self.decoder.activation_elements, prior, self.observation.elements_per_sample(), *(2 * d for d in self.dims))
 
     def top_posterior(self, x: torch.Tensor) -> Distribution:
         """q(z_L | x) of bottom-up inference (what the VampPrior mixes over its pseudo-inputs)."""

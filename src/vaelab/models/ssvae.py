@@ -49,7 +49,7 @@ class SSVAE(Model):
         # The reference classifier uses ReLU whatever the other networks use.
         self.classifier = build_encoder(cfg.net, cfg.image_shape, cfg.classes, **{**cfg.net_options(), "activation": "relu"})
         self.prior = build_prior(cfg.prior, cfg.z_dim, cfg.prior_components, cfg.x_dim, cfg.flow_steps, cfg.flow_hidden)
-        self.observation = build_likelihood(cfg.likelihood, cfg.x_dim, cfg.decoder_variance)
+        self.observation = build_likelihood(cfg.likelihood, cfg.x_dim, **cfg.likelihood_options())
 
     @classmethod
     def settings_checks(cls, cfg: SSVAEConfig, objective) -> list[tuple[bool, str, str]]:
@@ -60,7 +60,7 @@ class SSVAE(Model):
     @property
     def elements_per_sample(self) -> int:
         # One draw is C points, one per label.
-        return self.classes * max(self.decoder.activation_elements, self.prior.elements_per_sample())
+        return self.classes * max(self.decoder.activation_elements, self.prior.elements_per_sample(), self.observation.elements_per_sample())
 
     @property
     def trains_every_parameter(self) -> bool:

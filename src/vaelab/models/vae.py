@@ -66,7 +66,7 @@ class VAE(Model):
         self.encoder = build_encoder(cfg.net, cfg.image_shape, self.posterior_family.n_params, **cfg.net_options())
         self.decoder = build_decoder(cfg.net, cfg.z_dim, cfg.image_shape, **cfg.net_options())
         self.prior = build_prior(cfg.prior, cfg.z_dim, cfg.prior_components, cfg.x_dim, cfg.flow_steps, cfg.flow_hidden)
-        self.observation = build_likelihood(cfg.likelihood, cfg.x_dim, cfg.decoder_variance)
+        self.observation = build_likelihood(cfg.likelihood, cfg.x_dim, **cfg.likelihood_options())
 
     @classmethod
     def settings_checks(cls, cfg: VAEConfig, objective) -> list[tuple[bool, str, str]]:
@@ -74,7 +74,7 @@ class VAE(Model):
 
     @property
     def elements_per_sample(self) -> int:
-        return max(self.decoder.activation_elements, self.prior.elements_per_sample())
+        return max(self.decoder.activation_elements, self.prior.elements_per_sample(), self.observation.elements_per_sample())
 
     def posterior(self, x: torch.Tensor) -> Distribution:
         """q(z | x) for a batch x of shape (B, x_dim)."""

@@ -126,10 +126,12 @@ def interpolation(model, x: torch.Tensor, pairs: int = 8, steps: int = 10, y: to
 
 
 @torch.no_grad()
-def traversal(model, x: torch.Tensor, span: float = 3.0, steps: int = 9, y: torch.Tensor | None = None) -> torch.Tensor:
-    """Row j varies latent dimension j over [-span, span] with the others at the posterior mean of x[0]:
-    (d, steps, D). Shows what each dimension encodes (disentanglement in beta-VAEs)."""
-    codes = model.encode(model_batch(model, x, y, 0, 1))
+def traversal(model, x: torch.Tensor, span: float = 3.0, steps: int = 9, y: torch.Tensor | None = None,
+              codes: dict | None = None) -> torch.Tensor:
+    """Row j varies latent dimension j over [-span, span] with the others at the posterior mean of x[0]
+    (or at `codes`, that image's encode() if the caller has it): (d, steps, D). Shows what each dimension
+    encodes (disentanglement in beta-VAEs)."""
+    codes = model.encode(model_batch(model, x, y, 0, 1)) if codes is None else codes
     name = _continuous(codes)
     base = codes[name][0]
     d = base.shape[0]
@@ -142,8 +144,9 @@ def traversal(model, x: torch.Tensor, span: float = 3.0, steps: int = 9, y: torc
 
 
 def traversal_figure(model, x: torch.Tensor, path, title: str, span: float = 3.0, steps: int = 9, y=None) -> Path:
-    images = traversal(model, x, span, steps, y)
-    name = _continuous(model.encode(model_batch(model, x, y, 0, 1)))
+    codes = model.encode(model_batch(model, x, y, 0, 1))
+    images = traversal(model, x, span, steps, y, codes)
+    name = _continuous(codes)
     values = torch.linspace(-span, span, steps).tolist()
     return labelled_grid(path, images, tuple(model.config.image_shape), title,
                          row_labels=[f"{name}[{j}]" for j in range(images.shape[0])], col_labels=[f"{v:+.2g}" for v in values],
