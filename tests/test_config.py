@@ -16,6 +16,16 @@ def test_vae_preset_matches_reference_defaults():
     assert "vae" in list_presets()
 
 
+@pytest.mark.parametrize("name", list_presets())
+def test_every_preset_is_valid_and_builds(name):
+    cfg = load_preset(name)
+    validate(cfg)
+    assert cfg.train.label == name
+    from vaelab.models import build_model
+
+    assert sum(p.numel() for p in build_model(cfg.model).parameters()) > 0
+
+
 def test_set_key_converts_types():
     cfg = RunConfig()
     set_key(cfg, "train.steps", "500")
