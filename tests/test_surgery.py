@@ -98,3 +98,31 @@ def test_kl_plot_names_each_latent_group_of_a_hierarchy(captured_figures):
     (ax,) = captured_figures[0].axes
     assert [t.get_text() for t in ax.texts] == ["z1", "z2"] and [t.get_text() for t in ax.get_xticklabels()] == ["0", "1", "0"]
     assert ax.get_xlabel() == "latent dimension within each group" and ax.get_title().startswith("KL per dimension: total 1.70 nats")
+
+
+def test_pairs_whose_density_underflows_count_as_zero_mass_and_are_reported():
+    """A flow posterior may not be able to evaluate another input's draw (its inverse overflows): those pairs
+    add nothing to the aggregate posterior, so with every foreign pair lost the information is log N."""
+
+    class Overflowing(GaussianEncoder):
+        def posteriors(self, batch):
+            q = super().posteriors(batch)["z"]
+            real = q.log_prob
+
+            class Q:
+                def sample(self_inner):
+                    return q.sample()
+
+                def log_prob(self_inner, z):
+                    out = real(z)
+                    if out.dim() == 2:  # the cross table: lose every pair but the draw's own
+                        eye = torch.eye(out.shape[1], dtype=torch.bool)[: out.shape[0]]
+                        out = torch.where(eye, out, torch.full_like(out, float("nan")))
+                    return out
+
+            return {"z": Q()}
+
+    torch.manual_seed(0)
+    parts = elbo_surgery(Overflowing(scale=1.0, sigma=1.0), torch.randn(20, 2), chunk=20)["z"]
+    assert parts["mutual_information"] == pytest.approx(math.log(20), abs=1e-5)
+    assert parts["underflowed_pairs"] == 20 * 19

@@ -52,10 +52,13 @@ class AutoregressiveAffine(Transform):
 
     def _inverse(self, y: torch.Tensor) -> torch.Tensor:
         x = torch.zeros_like(y)
-        for _ in range(y.shape[-1]):  # after pass i, the first i + 1 entries (in the MADE's order) are exact
+        degrees = self.made.input_degrees
+        for t in range(1, y.shape[-1] + 1):
             m, s = self._gate(x)
-            sigma = torch.sigmoid(s)
-            x = (y - (1 - sigma) * m) / sigma
+            new = (y - m) * torch.exp(-nn.functional.logsigmoid(s)) + m  # = (y - (1 - sigma) m) / sigma
+            # After pass t the entries of degree <= t are exact; the others stay 0 rather than take values
+            # computed from wrong inputs, which can overflow, and 0 * inf in a masked weight is nan.
+            x = torch.where(degrees <= t, new, x)
         return x
 
     def log_abs_det_jacobian(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

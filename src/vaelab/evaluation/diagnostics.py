@@ -72,9 +72,15 @@ def elbo_surgery(model, x: torch.Tensor, y: torch.Tensor | None = None, chunk: i
         z = q.sample()  # (N, d)
         log_q_own = q.log_prob(z)
         log_p = priors[name].log_prob(z)
-        log_aggregate = torch.cat([torch.logsumexp(q.log_prob(z[i : i + chunk].clone().unsqueeze(-2)), dim=-1)
-                                   for i in range(0, n, chunk)]) - math.log(n)
+        cross = torch.cat([q.log_prob(z[i : i + chunk].clone().unsqueeze(-2)) for i in range(0, n, chunk)])  # (N, N)
+        # A flow posterior evaluated at another input's draw may have to invert its flow to a point beyond
+        # float range: the density there underflows (log q = -inf, or nan from inf - inf). Such a pair adds
+        # nothing to the mixture; how many there were is reported. A draw's own density is always finite.
+        overflow = ~torch.isfinite(cross)
+        cross = cross.masked_fill(overflow, -math.inf)
+        log_aggregate = torch.logsumexp(cross, dim=-1) - math.log(n)
         result[name] = {"mutual_information": float((log_q_own - log_aggregate).mean()),
                         "marginal_kl": float((log_aggregate - log_p).mean()),
-                        "kl": float((log_q_own - log_p).mean()), "images": n, "log_images": math.log(n)}
+                        "kl": float((log_q_own - log_p).mean()), "images": n, "log_images": math.log(n),
+                        "underflowed_pairs": int(overflow.sum())}
     return result

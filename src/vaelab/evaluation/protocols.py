@@ -102,6 +102,8 @@ def latent_diagnostics(model, x: torch.Tensor, y: torch.Tensor | None = None, pr
             suffix = f"_{name}" if len(surgery) > 1 else ""
             result[f"mutual_information{suffix}"] = parts["mutual_information"]
             result[f"marginal_kl{suffix}"] = parts["marginal_kl"]
+            if parts["underflowed_pairs"]:
+                result[f"surgery_underflowed_pairs{suffix}"] = parts["underflowed_pairs"]
         result["surgery_images"] = min(len(x), SURGERY_IMAGES)
     return result
 
