@@ -80,8 +80,6 @@ def _seed():
 
 def assert_refused(settings: list[tuple[str, str]], message: str) -> None:
     """A default RunConfig with `settings` applied in order (`--set KEY=VALUE`) fails validation with `message`."""
-    import pytest
-
     from vaelab.errors import ConfigError
     from vaelab.training.config import RunConfig, set_key, validate
 
@@ -90,3 +88,13 @@ def assert_refused(settings: list[tuple[str, str]], message: str) -> None:
         set_key(cfg, key, value)
     with pytest.raises(ConfigError, match=message):
         validate(cfg)
+
+
+@pytest.fixture
+def captured(monkeypatch):
+    """The matplotlib figures vaelab.report.figures would save, kept instead of written to files."""
+    from vaelab.report import figures
+
+    figs = []
+    monkeypatch.setattr(figures, "_save", lambda fig, path: figs.append(fig) or path)
+    return figs

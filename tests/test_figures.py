@@ -2,20 +2,11 @@
 
 from __future__ import annotations
 
-import pytest
 import torch
 
 from vaelab.models import build_model, model_config
 from vaelab.report import figures
 from vaelab.training.config import load_preset
-
-
-@pytest.fixture
-def captured(monkeypatch):
-    """The matplotlib figures the figure functions would save, instead of files."""
-    figs = []
-    monkeypatch.setattr(figures, "_save", lambda fig, path: figs.append(fig) or path)
-    return figs
 
 
 def _texts(ax):

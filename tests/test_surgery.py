@@ -77,25 +77,18 @@ def test_every_evaluation_reports_surgery_active_units_and_kl_per_dimension(sett
     assert ("per_dimension_kl" in result) == (setting == {})  # analytic per dimension only when q and p factorise
 
 
-def test_kl_plot_shows_activity_where_kl_does_not_split_and_the_surgery_panel(captured_figures):
+def test_kl_plot_shows_activity_where_kl_does_not_split_and_the_surgery_panel(captured):
     surgery = {"mutual_information": 2.0, "marginal_kl": 1.5, "kl": 3.5, "images": 100, "log_images": math.log(100)}
     figures.kl_diagnostics_figure(torch.tensor([0.5, 0.001, 2.0]), False, surgery, "unused.png", title="run (vae)")
-    left, right = captured_figures[0].axes
+    left, right = captured[0].axes
     assert left.get_ylabel() == "Var_x E[z_j | x]" and "2 active units" in left.get_title()
     assert right.get_title() == "ELBO surgery, N = 100 images"
     assert [t.get_text() for t in right.get_legend().get_texts()] == ["log N = 4.61", "I(x; z) = 2.00", "KL(q(z) || p(z)) = 1.50"]
 
 
-@pytest.fixture
-def captured_figures(monkeypatch):
-    figs = []
-    monkeypatch.setattr(figures, "_save", lambda fig, path: figs.append(fig) or path)
-    return figs
-
-
-def test_kl_plot_names_each_latent_group_of_a_hierarchy(captured_figures):
+def test_kl_plot_names_each_latent_group_of_a_hierarchy(captured):
     figures.kl_diagnostics_figure(torch.tensor([0.5, 0.2, 1.0]), True, None, "unused.png", groups=[("z1", 2), ("z2", 1)])
-    (ax,) = captured_figures[0].axes
+    (ax,) = captured[0].axes
     assert [t.get_text() for t in ax.texts] == ["z1", "z2"] and [t.get_text() for t in ax.get_xticklabels()] == ["0", "1", "0"]
     assert ax.get_xlabel() == "latent dimension within each group" and ax.get_title().startswith("KL per dimension: total 1.70 nats")
 

@@ -2,11 +2,11 @@
 KL between them. Each is an nn.Module that returns a torch.distributions object; a model picks them
 by name (its settings), so variants that share a generative story are settings, not classes."""
 
-from .common import VARIANCE_FLOOR, full_precision
+from .common import VARIANCE_FLOOR, diagonal_gaussian, full_precision
 from .kl import factorised_normal, kl_terms
 from .likelihoods import BINARY_LIKELIHOODS, LIKELIHOODS, build_likelihood
 from .posteriors import POSTERIORS, build_posterior
 from .priors import PRIORS, build_prior
 
-__all__ = ["VARIANCE_FLOOR", "full_precision", "factorised_normal", "kl_terms", "BINARY_LIKELIHOODS", "LIKELIHOODS", "build_likelihood",
+__all__ = ["VARIANCE_FLOOR", "diagonal_gaussian", "full_precision", "factorised_normal", "kl_terms", "BINARY_LIKELIHOODS", "LIKELIHOODS", "build_likelihood",
            "POSTERIORS", "build_posterior", "PRIORS", "build_prior"]

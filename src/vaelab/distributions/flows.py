@@ -20,7 +20,7 @@ from torch.distributions import Distribution, Independent, Normal, TransformedDi
 from torch.distributions.transforms import Transform
 
 from .made import MADE
-from .common import VARIANCE_FLOOR, full_precision
+from .common import diagonal_gaussian, full_precision
 
 FORGET_BIAS = 2.0
 """Added to s before the sigmoid, so a new flow starts near the identity (sigma ~ 0.88), as IAF advises."""
@@ -101,9 +101,7 @@ class IAFPosterior(nn.Module):
 
     def forward(self, h: torch.Tensor) -> Distribution:
         mean, pre, context = full_precision(h).split(self.z_dim, dim=-1)
-        var = nn.functional.softplus(pre) + VARIANCE_FLOOR
-        base = Independent(Normal(mean, var.sqrt(), validate_args=False), 1, validate_args=False)
-        return FlowDistribution(base, [AutoregressiveAffine(made, context) for made in self.steps], validate_args=False)
+        return FlowDistribution(diagonal_gaussian(mean, pre), [AutoregressiveAffine(made, context) for made in self.steps], validate_args=False)
 
 
 class AutoregressiveFlowPrior(nn.Module):

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from torch.distributions import Distribution, Independent, MultivariateNormal, Normal, register_kl
 
-from .common import VARIANCE_FLOOR, full_precision
+from .common import VARIANCE_FLOOR, diagonal_gaussian, full_precision
 from .flows import IAFPosterior
 
 
@@ -23,9 +23,7 @@ class DiagonalGaussian(nn.Module):
         return 2 * self.z_dim
 
     def forward(self, h: torch.Tensor) -> Distribution:
-        mean, pre = full_precision(h).split(self.z_dim, dim=-1)
-        var = nn.functional.softplus(pre) + VARIANCE_FLOOR
-        return Independent(Normal(mean, var.sqrt(), validate_args=False), 1, validate_args=False)
+        return diagonal_gaussian(*full_precision(h).split(self.z_dim, dim=-1))
 
 
 class FullCovarianceGaussian(nn.Module):

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.distributions import Categorical, Distribution, Independent, MixtureSameFamily, Normal
 
-from .common import VARIANCE_FLOOR
+from .common import VARIANCE_FLOOR, diagonal_gaussian
 from .flows import AutoregressiveFlowPrior
 from .kl import factorised_normal
 
@@ -128,8 +128,7 @@ class LabelConditionalPrior(nn.Module):
 
     def forward(self, y: torch.Tensor) -> Distribution:
         """p(z | y) for integer labels y (B,): batch shape (B,)."""
-        variances = nn.functional.softplus(self.raw_variances[y]) + VARIANCE_FLOOR
-        return Independent(Normal(self.means[y], variances.sqrt(), validate_args=False), 1, validate_args=False)
+        return diagonal_gaussian(self.means[y], self.raw_variances[y])
 
 
 PRIORS = ("normal", "mog", "vamp", "af")

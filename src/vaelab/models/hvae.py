@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.distributions import Distribution, Independent, Normal
 
-from ..distributions import VARIANCE_FLOOR, build_likelihood, full_precision, kl_terms
+from ..distributions import build_likelihood, diagonal_gaussian, full_precision, kl_terms
 from ..distributions.priors import StandardNormalPrior, VampPrior
 from ..nets import build_decoder, build_encoder, mlp
 from .base import LatentGroup, Model, ModelConfig, ModelSpec, Terms
@@ -43,10 +43,9 @@ class HVAEConfig(ModelConfig):
     """Pseudo-inputs when prior = vamp."""
 
 
-def diagonal_gaussian(h: torch.Tensor) -> Independent:
-    """N(mean, diag var) from a vector [mean, pre-variance], var = softplus(pre) + floor."""
-    mean, pre = full_precision(h).chunk(2, dim=-1)
-    return Independent(Normal(mean, (nn.functional.softplus(pre) + VARIANCE_FLOOR).sqrt(), validate_args=False), 1, validate_args=False)
+def gaussian_from(h: torch.Tensor) -> Independent:
+    """N(mean, diag var) from a network output [mean, pre-variance] (distributions.diagonal_gaussian)."""
+    return diagonal_gaussian(*full_precision(h).chunk(2, dim=-1))
 
 
 def precision_weighted(up: Independent, down: Independent) -> Independent:
@@ -107,20 +106,20 @@ class HierarchicalVAE(Model):
 
     def top_posterior(self, x: torch.Tensor) -> Distribution:
         """q(z_L | x) of bottom-up inference (what the VampPrior mixes over its pseudo-inputs)."""
-        return diagonal_gaussian(self.encoders[-1](x))
+        return gaussian_from(self.encoders[-1](x))
 
     def top_prior(self) -> Distribution:
         return self.prior(self.top_posterior)
 
     def conditional_prior(self, layer: int, above: torch.Tensor) -> Independent:
         """p(z_layer | z_{layer+1}), layer counted from 1."""
-        return diagonal_gaussian(self.conditional_priors[layer - 1](above))
+        return gaussian_from(self.conditional_priors[layer - 1](above))
 
     def likelihood(self, z1: torch.Tensor) -> Distribution:
         return self.observation(self.decoder(z1))
 
     def _posterior_draws(self, x: torch.Tensor, k: int, mean: bool = False):
-        """Top-down over layers L .. 1: (name, z, q, p) per layer, z of shape (k, B, d) (or the means)."""
+        """(name, z, q, p) per layer, z1 first, drawn top-down; z of shape (k, B, d) (or the means, k = 1)."""
         draws, above = [], None
         if self.config.inference == "ladder":
             d = self.up_activation(self.up_first(x))
@@ -128,40 +127,38 @@ class HierarchicalVAE(Model):
             for g in self.up:
                 d = g(d)
                 ups.append(d)
-            ups = [diagonal_gaussian(head(u)) for head, u in zip(self.up_heads, ups)]
+            ups = [gaussian_from(head(u)) for head, u in zip(self.up_heads, ups)]
         for layer in range(self.layers, 0, -1):
             p = self.top_prior() if layer == self.layers else self.conditional_prior(layer, above)
             if self.config.inference == "ladder":
                 up = ups[layer - 1]
                 q = up if layer == self.layers else precision_weighted(up, p)
             else:
-                q = diagonal_gaussian(self.encoders[layer - 1](x, above) if layer < self.layers else self.encoders[layer - 1](x))
+                q = gaussian_from(self.encoders[layer - 1](x, above) if layer < self.layers else self.encoders[layer - 1](x))
             if above is None:
                 z = q.mean.expand(k, *q.mean.shape) if mean else q.rsample((k,))
             else:
                 z = q.mean if mean else q.rsample()  # q already carries the k draws of the layer above
             draws.append((f"z{layer}", z, q, p))
             above = z
-        return draws
+        return draws[::-1]
 
     def terms(self, batch: dict, k: int = 1) -> Terms:
         """k draws top-down; one latent group per layer with the analytic KL given the layer above."""
         x = batch["x"]
-        groups, z1 = {}, None
-        for name, z, q, p in self._posterior_draws(x, k):
+        draws = self._posterior_draws(x, k)
+        groups = {}
+        for name, z, q, p in draws:
             kl, kl_dims = kl_terms(q, p)
             if kl is not None and kl.dim() == 2:  # given a sampled layer above: average over its k draws
                 kl, kl_dims = kl.mean(0), kl_dims.mean(0) if kl_dims is not None else None
             groups[name] = LatentGroup(lambda p=p, z=z: p.log_prob(z), lambda q=q, z=z: q.log_prob(z), kl, kl_dims)
-            z1 = z
-        groups = dict(sorted(groups.items(), key=lambda item: int(item[0][1:])))  # z1 .. zL
-        return Terms(self.likelihood(z1).log_prob(x), groups)
+        return Terms(self.likelihood(draws[0][1]).log_prob(x), groups)
 
     @torch.no_grad()
     def encode(self, batch: dict) -> dict[str, torch.Tensor]:
         """Each layer's posterior mean, the layers above fixed at their means."""
-        return {name: z[0] if z.dim() == 3 else z for name, z, _, _ in sorted(
-            ((n, z, q, p) for n, z, q, p in self._posterior_draws(batch["x"], 1, mean=True)), key=lambda d: int(d[0][1:]))}
+        return {name: z[0] for name, z, _, _ in self._posterior_draws(batch["x"], 1, mean=True)}
 
     @torch.no_grad()
     def decode(self, codes: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -174,4 +171,4 @@ class HierarchicalVAE(Model):
         for layer in range(self.layers - 1, 0, -1):
             z = self.conditional_prior(layer, z).sample()
             codes[f"z{layer}"] = z
-        return dict(sorted(codes.items(), key=lambda item: int(item[0][1:])))
+        return dict(reversed(codes.items()))  # z1 .. zL
