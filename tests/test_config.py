@@ -18,10 +18,15 @@ def test_vae_preset_matches_reference_defaults():
 
 @pytest.mark.parametrize("name", list_presets())
 def test_every_preset_is_valid_and_builds(name):
+    from vaelab.models import build_model, model_class
+
     cfg = load_preset(name)
+    if model_class(cfg.model.name).spec.starts_from is not None:  # a second stage: --from RUN gives its source
+        with pytest.raises(ConfigError, match="model.source_run: .* give --from RUN"):
+            validate(cfg)
+        cfg.model.source_run = "stage-one"
     validate(cfg)
     assert cfg.train.label == name
-    from vaelab.models import build_model
 
     assert sum(p.numel() for p in build_model(cfg.model).parameters()) > 0
 

@@ -10,6 +10,7 @@ from vaelab.models import MODELS, build_model, model_config
 from vaelab.training.config import load_preset
 from vaelab.training.guard import NonFiniteGuard
 from vaelab.training.loop import make_optimizer, train, training_loss
+from vaelab.training.runs import inherit_from_source
 from vaelab.training.threads import SMALL_STEP_FLOPS, auto_threads, step_flops
 
 HOST_READS = ("item", "tolist", "__bool__", "__float__", "__int__", "__index__")
@@ -43,10 +44,17 @@ def _count_host_reads(monkeypatch) -> dict:
 def test_training_reads_nothing_back_from_the_device_between_logs(name, tiny_data, tmp_path, monkeypatch):
     """A run of 40 steps makes exactly as many host reads (item, tolist, bool, ...) as a run of 10 with the
     same logs and checkpoints: nothing in a step, the model's forward included, waits for the device."""
+    source = MODELS[name].spec.starts_from
+    if source is not None:  # a second stage trains from a finished run of its first
+        train(_cfg(tiny_data, source, 2), tmp_path / "source", progress=False)
     reads = []
     for steps in (10, 40):
+        cfg = _cfg(tiny_data, name, steps)
+        if source is not None:
+            inherit_from_source(cfg, tmp_path / "source")
+            cfg.data.data_dir = str(tiny_data)
         counts = _count_host_reads(monkeypatch)
-        train(_cfg(tiny_data, name, steps), tmp_path / f"run-{steps}", progress=False)
+        train(cfg, tmp_path / f"run-{steps}", progress=False)
         reads.append(counts["n"])
         monkeypatch.undo()
     assert reads[0] == reads[1], f"{name}: {reads[0]} host reads in 10 steps, {reads[1]} in 40"

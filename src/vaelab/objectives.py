@@ -87,8 +87,8 @@ def free_bits_kl(terms: Terms, free_bits: float, group_size: int = 1) -> torch.T
 @dataclass
 class LossOutput:
     """A training loss (scalar) and the batch means of the true (beta = 1) quantities for logging:
-    nelbo, kl, rec, and in extras the KL of each latent group (for models with several) and the
-    value of each auxiliary loss."""
+    nelbo, kl, rec, and in extras the KL of each latent group (for models with several), the
+    value of each auxiliary loss and the model's batch statistics."""
 
     loss: torch.Tensor
     nelbo: torch.Tensor
@@ -122,5 +122,6 @@ def loss(terms: Terms, kind: str = "elbo", beta: float = 1.0, free_bits: float =
         value = value + aux.weight * aux.value
     extras = {f"kl_{name}": v.detach() for name, v in kls.items()} if len(kls) > 1 else {}
     extras.update({name: aux.value.detach() for name, aux in terms.aux_losses.items()})
+    extras.update({name: value.detach() for name, value in terms.statistics.items()})
     kl, rec = kl.detach(), rec.detach()
     return LossOutput(loss=value, nelbo=rec + kl, kl=kl, rec=rec, extras=extras)

@@ -15,8 +15,8 @@ def full_precision(h: torch.Tensor) -> torch.Tensor:
     return h.to(torch.promote_types(h.dtype, torch.float32))
 
 
-def diagonal_gaussian(mean: torch.Tensor, pre: torch.Tensor) -> Independent:
-    """N(mean, diag var) with var = softplus(pre) + VARIANCE_FLOOR, as the reference parameterises every
-    diagonal Gaussian a network (or a learned parameter) outputs."""
-    var = torch.nn.functional.softplus(pre) + VARIANCE_FLOOR
+def diagonal_gaussian(mean: torch.Tensor, pre: torch.Tensor, floor: float = VARIANCE_FLOOR) -> Independent:
+    """N(mean, diag var) with var = softplus(pre) + floor, as the reference parameterises every diagonal Gaussian
+    a network (or a learned parameter) outputs (floor = VARIANCE_FLOOR)."""
+    var = torch.nn.functional.softplus(pre) + floor
     return Independent(Normal(mean, var.sqrt(), validate_args=False), 1, validate_args=False)

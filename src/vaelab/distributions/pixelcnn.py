@@ -34,6 +34,8 @@ def _shift_right(t: torch.Tensor) -> torch.Tensor:
 
 
 class GatedLayer(nn.Module):
+    """One gated layer; conditioning = 0: unconditioned (no 1 x 1 convolutions of a map)."""
+
     def __init__(self, in_channels: int, channels: int, kernel: int, conditioning: int, first: bool):
         super().__init__()
         half = kernel // 2
@@ -41,8 +43,10 @@ class GatedLayer(nn.Module):
         self.vertical = nn.Conv2d(in_channels, 2 * channels, (half + 1, kernel))
         self.horizontal = nn.Conv2d(in_channels, 2 * channels, (1, half + 1))
         self.vertical_to_horizontal = nn.Conv2d(2 * channels, 2 * channels, 1)
-        self.condition_vertical = nn.Conv2d(conditioning, 2 * channels, 1)
-        self.condition_horizontal = nn.Conv2d(conditioning, 2 * channels, 1)
+        self.conditioned = conditioning > 0
+        if self.conditioned:
+            self.condition_vertical = nn.Conv2d(conditioning, 2 * channels, 1)
+            self.condition_horizontal = nn.Conv2d(conditioning, 2 * channels, 1)
         self.out = nn.Conv2d(channels, channels, 1)
 
     @staticmethod
@@ -50,28 +54,33 @@ class GatedLayer(nn.Module):
         a, b = t.chunk(2, dim=1)
         return torch.tanh(a) * torch.sigmoid(b)
 
-    def forward(self, v: torch.Tensor, h: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, v: torch.Tensor, h: torch.Tensor, c: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         k = self.half
         v_pre = self.vertical(F.pad(v, (k, k, k, 0)))  # row r reads rows r - k .. r
         h_in = _shift_right(h) if self.first else h
         h_pre = self.horizontal(F.pad(h_in, (k, 0, 0, 0)))  # column c reads columns c - k .. c
         h_pre = h_pre + self.vertical_to_horizontal(_shift_down(v_pre))  # rows strictly above only
-        v_out = self._gate(v_pre + self.condition_vertical(c))
-        h_out = self.out(self._gate(h_pre + self.condition_horizontal(c)))
+        if self.conditioned:
+            v_pre, h_pre = v_pre + self.condition_vertical(c), h_pre + self.condition_horizontal(c)
+        v_out = self._gate(v_pre)
+        h_out = self.out(self._gate(h_pre))
         return v_out, h_out if self.first else h + h_out
 
 
 class PixelCNN(nn.Module):
-    """Logits of p(x_i = 1 | x_<i, c) for images x (N, 1, H, W) and conditioning maps c (N, C_c, H, W)."""
+    """Logits (N, out_channels, H, W) of the value at each position given the earlier ones in raster order, for
+    inputs x (N, in_channels, H, W) and conditioning maps c (N, conditioning, H, W) (None when conditioning = 0).
+    Binary images: in = out = 1 (the logit of x_i = 1); a grid of K codes: embedded inputs, out = K logits."""
 
-    def __init__(self, layers: int = 3, channels: int = 32, kernel: int = 3, conditioning: int = 1):
+    def __init__(self, layers: int = 3, channels: int = 32, kernel: int = 3, conditioning: int = 1, in_channels: int = 1,
+                 out_channels: int = 1):
         super().__init__()
-        self.layers = nn.ModuleList(GatedLayer(1 if i == 0 else channels, channels, kernel, conditioning, first=i == 0)
+        self.layers = nn.ModuleList(GatedLayer(in_channels if i == 0 else channels, channels, kernel, conditioning, first=i == 0)
                                     for i in range(layers))
-        self.head = nn.Sequential(nn.ELU(), nn.Conv2d(channels, channels, 1), nn.ELU(), nn.Conv2d(channels, 1, 1))
+        self.head = nn.Sequential(nn.ELU(), nn.Conv2d(channels, channels, 1), nn.ELU(), nn.Conv2d(channels, out_channels, 1))
         self.channels = channels
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
         v = h = x
         for layer in self.layers:
             v, h = layer(v, h, c)
@@ -137,3 +146,33 @@ class PixelCNNLikelihood(nn.Module):
 
     def elements_per_sample(self) -> int:
         return 2 * self.network.channels * self.image_shape[0] * self.image_shape[1]
+
+
+class CodePrior(nn.Module):
+    """p(k) = prod_i Categorical(k_i | k_<i) over a grid of discrete codes k in {0..K-1}^(h x w), raster order: an
+    unconditioned PixelCNN on embedded codes (the VQ-VAE's learned prior). log_prob is one pass; sample is h * w
+    passes, batched over grids."""
+
+    def __init__(self, codes: int, grid: tuple[int, int], layers: int = 8, channels: int = 64, kernel: int = 3):
+        super().__init__()
+        self.grid = tuple(grid)
+        self.embed = nn.Embedding(codes, channels)
+        self.network = PixelCNN(layers, channels, kernel, conditioning=0, in_channels=channels, out_channels=codes)
+
+    def logits(self, indices: torch.Tensor) -> torch.Tensor:
+        """Logits (N, h * w, K) of each position's code given the earlier ones, for indices (N, h * w)."""
+        embedded = self.embed(indices).view(indices.shape[0], *self.grid, -1).permute(0, 3, 1, 2)
+        return self.network(embedded).flatten(2).transpose(1, 2)
+
+    def log_prob(self, indices: torch.Tensor) -> torch.Tensor:
+        """log p(k) per grid, (N,), for indices (N, h * w)."""
+        logits = full_precision(self.logits(indices))
+        return -F.cross_entropy(logits.transpose(1, 2), indices, reduction="none").sum(1)
+
+    @torch.no_grad()
+    def sample(self, n: int) -> torch.Tensor:
+        """n grids of codes (n, h * w) drawn position by position."""
+        indices = torch.zeros(n, self.grid[0] * self.grid[1], dtype=torch.long, device=self.embed.weight.device)
+        for i in range(indices.shape[1]):  # position i depends on positions < i only
+            indices[:, i] = torch.distributions.Categorical(logits=self.logits(indices)[:, i].float()).sample()
+        return indices

@@ -19,7 +19,8 @@ import torch
 from .. import data as data_mod
 from ..devices import check_compile_toolchain, matmul_precision
 from ..errors import DataError
-from .bounds import DEFAULT_BUDGET, elbo_terms, iwae_per_image
+from ..nets.quantize import perplexity
+from .bounds import DEFAULT_BUDGET, elbo_terms, iwae_per_image, model_batch
 from .diagnostics import accuracy, active_units, elbo_surgery, kl_per_dimension
 
 PROTOCOLS = ("cs236", "full")
@@ -60,6 +61,7 @@ def evaluate_images(model, images, labels=None, iws=(1, 10, 100, 1000), seed: in
     result = {"images": int(x.shape[0]), "binarized": model.binary_pixels, "eval_seed": seed}
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
+        iws, repeats = bound_plan(model, iws, repeats)
         result.update(elbo_terms(model, x, repeats, budget, y))
         result.update(_iwae_metrics(model, x, y, iws, lambda m: 1, budget, standard_errors=True))
     model.train(was_training)
@@ -81,11 +83,28 @@ def _iwae_metrics(model, x, y, iws, repeats_of, budget: int, standard_errors: bo
     return result
 
 
+def bound_plan(model, iws, repeats: int) -> tuple[tuple[int, ...], int]:
+    """The IWAE sample counts and ELBO repeats worth computing: for a deterministic posterior every draw is the same
+    point, so IWAE-m is the ELBO for every m and one draw per image gives the exact value."""
+    if model.spec.deterministic_posterior:
+        return (1,), 1
+    return tuple(iws), repeats
+
+
+@torch.inference_mode()
+def codebook_usage(model, x: torch.Tensor, y: torch.Tensor | None = None, batch: int = 1000) -> dict:
+    """For a model with discrete codes: the perplexity exp(H) of the codes' frequencies over all of x, and the share
+    of the codebook chosen at least once."""
+    counts = sum(model.code_counts(model_batch(model, x, y, i, batch)) for i in range(0, x.shape[0], batch))
+    return {"codebook_perplexity": float(perplexity(counts.float())), "codes_in_use": float((counts > 0).float().mean()),
+            "codebook_size": int(counts.shape[0])}
+
+
 def latent_diagnostics(model, x: torch.Tensor, y: torch.Tensor | None = None, progress=None) -> dict:
     """Active units and KL per dimension of each latent group on all of x, and ELBO surgery (mutual information
     I(x; z) under q and the marginal KL(q(z) || p(z))) on its first SURGERY_IMAGES inputs. Keys carry the
     group's name (`_<group>`) when the model has more than one."""
-    result = {}
+    result = codebook_usage(model, x, y) if model.spec.codebook else {}
     variances = active_units(model, x, y)
     several = len(variances) > 1
     result["active_units"] = int(sum(int((v > ACTIVITY_THRESHOLD).sum()) for v in variances.values()))
@@ -120,7 +139,7 @@ def evaluate(model, test: data_mod.ImageSet, protocol: str = "cs236", iws=None, 
     log-weights and logsumexp stay float32. docs/performance.md gives the error each costs."""
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol {protocol!r}")
-    iws = DEFAULT_IW[protocol] if iws is None else tuple(iws)
+    iws, nelbo_repeats = bound_plan(model, DEFAULT_IW[protocol] if iws is None else iws, NELBO_REPEATS[protocol])
     binary = model.binary_pixels
     x, y = evaluation_set(protocol, test, binary)
     if compile:
@@ -130,22 +149,22 @@ def evaluate(model, test: data_mod.ImageSet, protocol: str = "cs236", iws=None, 
     device = x.device
     result = {"protocol": protocol, "images": int(x.shape[0]), "binarized": binary, "binarization_seed": 0 if binary else None,
               "eval_seed": seed, "bound": "log p(x | y)" if model.spec.labels == "all" else "log p(x)", "compiled": compile,
-              "precision": precision}
+              "precision": precision, "deterministic_posterior": model.spec.deterministic_posterior}
     start = time.perf_counter()
     was_training = model.training
     model.eval()
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), matmul_precision(device, precision):
         torch.manual_seed(seed)
         if progress:
-            progress(f"NELBO ({NELBO_REPEATS[protocol]} repeats)")
-        result.update(elbo_terms(bounded, x, NELBO_REPEATS[protocol], budget, y))
+            progress(f"NELBO ({nelbo_repeats} repeats)")
+        result.update(elbo_terms(bounded, x, nelbo_repeats, budget, y))
         if model.spec.classifier:
             if progress:
                 progress("accuracy on all test images (not binarized)")
             # As the reference: every test image, pixels in [0, 1], whatever the protocol's bound subset.
             result["accuracy"] = accuracy(model, test.pixels(), test.labels)
             result["accuracy_images"] = len(test)
-        repeats_of = (lambda m: max(100 // m, 1)) if protocol == "cs236" else (lambda m: 1)
+        repeats_of = (lambda m: max(100 // m, 1)) if protocol == "cs236" and not model.spec.deterministic_posterior else (lambda m: 1)
         result.update(_iwae_metrics(bounded, x, y, iws, repeats_of, budget, standard_errors=protocol == "full", progress=progress))
         result.update(latent_diagnostics(model, x, y, progress))
     model.train(was_training)

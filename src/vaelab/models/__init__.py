@@ -11,12 +11,16 @@ from .cvae import ConditionalVAE
 from .hvae import HierarchicalVAE
 from .ssvae import SSVAE
 from .vae import VAE
+from .vqvae import VQVAE
+from .vqvae_prior import VQVAEPrior
 
 MODELS: dict[str, type[Model]] = {
     "vae": VAE,
     "cvae": ConditionalVAE,
     "ssvae": SSVAE,
     "hvae": HierarchicalVAE,
+    "vqvae": VQVAE,
+    "vqvae-prior": VQVAEPrior,
 }
 
 

@@ -8,6 +8,7 @@ inference model it returns (`Terms`):
                         analytic KL (B,) and KL per dimension (B, d) where they exist;
     aux_losses[name]    extra losses that are not part of the bound (M2's labelled cross-entropy,
                         later VQ-VAE's codebook and commitment terms), each with its weight;
+    statistics[name]    batch statistics that are neither bound nor loss (a codebook's perplexity), logged;
     log_mass            for discrete latents that are enumerated rather than sampled: the log
                         probability of each point within its draw (P = k * values); None when every
                         point is one draw (P = k).
@@ -104,6 +105,15 @@ class ModelSpec:
     aggregate_posterior: bool = False
     """Whether it has posteriors(batch) and priors(), the distributions q(z | x) and p(z) of its latent
     groups; evaluation then reports ELBO surgery (mutual information, marginal KL) for each group."""
+    deterministic_posterior: bool = False
+    """Whether q puts all its mass on one point per input (VQ-VAE): then every draw is the same, IWAE-m equals the
+    ELBO for every m, and evaluation computes the bound once."""
+    codebook: bool = False
+    """Whether it has code_counts(batch), how often each of its discrete codes is used; evaluation then reports
+    the codebook's perplexity and the share of codes in use."""
+    starts_from: str | None = None
+    """The model whose finished run it starts from (`vaelab train MODEL --from RUN`, config.source_run); training
+    a new run loads that run and hands its model to start_from(), which takes what it needs (frozen)."""
 
 
 def _resolve(value: LazyTensor) -> torch.Tensor:
@@ -155,11 +165,12 @@ class Terms:
 
     def __init__(self, log_px_z: torch.Tensor, latents: dict[str, LatentGroup], draws: int | None = None,
                  aux_losses: dict[str, Auxiliary] | None = None, log_mass: torch.Tensor | None = None,
-                 bound_weight: float = 1.0):
+                 bound_weight: float = 1.0, statistics: dict[str, torch.Tensor] | None = None):
         self.log_px_z, self.latents, self.log_mass = log_px_z, latents, log_mass
         self.draws = log_px_z.shape[0] if draws is None else draws
         self.aux_losses = aux_losses or {}
         self.bound_weight = bound_weight
+        self.statistics = statistics or {}
 
     @classmethod
     def one_group(cls, log_px_z: torch.Tensor, log_p: LazyTensor, log_q: LazyTensor, kl: torch.Tensor | None = None,
@@ -233,6 +244,14 @@ class Model(nn.Module):
 
     def sample_codes(self, n: int) -> dict[str, torch.Tensor]:
         """n draws of the codes from the prior (the label code, if any, cycles 0, 1, ..., C-1, 0, ...)."""
+        raise NotImplementedError
+
+    def code_counts(self, batch: dict) -> torch.Tensor:
+        """How many times each discrete code is chosen for the batch, (K,) (models with spec.codebook)."""
+        raise NotImplementedError
+
+    def start_from(self, source: "Model") -> None:
+        """Take the weights this model starts from out of the source run's model (models with spec.starts_from)."""
         raise NotImplementedError
 
     def posteriors(self, batch: dict) -> dict[str, "torch.distributions.Distribution"]:

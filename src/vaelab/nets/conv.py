@@ -37,6 +37,26 @@ def check_shape(image_shape: tuple[int, ...], channels: tuple[int, ...]) -> None
                          f"use fewer channels entries or net = mlp")
 
 
+def downsampling(in_channels: int, channels: tuple[int, ...], activation: str) -> nn.Sequential:
+    """Per entry of `channels` a 4x4 convolution with stride 2 and the activation: (N, C, H, W) -> (N, channels[-1], H/2^n, W/2^n)."""
+    layers, width = [], in_channels
+    for size in channels:
+        layers += [nn.Conv2d(width, size, 4, stride=2, padding=1), ACTIVATIONS[activation]()]
+        width = size
+    return nn.Sequential(*layers)
+
+
+def upsampling(channels: tuple[int, ...], out_channels: int, activation: str) -> nn.Sequential:
+    """The mirror of downsampling(out_channels, channels): 4x4 transposed convolutions with stride 2 from
+    channels[-1] maps back to out_channels, the activation between them and none after the last."""
+    layers, widths = [], [*reversed(channels), out_channels]
+    for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
+        layers.append(nn.ConvTranspose2d(a, b, 4, stride=2, padding=1))
+        if i < len(widths) - 2:
+            layers.append(ACTIVATIONS[activation]())
+    return nn.Sequential(*layers)
+
+
 def _flat_batch(t: torch.Tensor, trailing: int) -> tuple[torch.Tensor, tuple[int, ...]]:
     """t (..., *trailing dims) as (N, *trailing dims) plus the leading shape to restore."""
     lead = t.shape[: t.dim() - trailing]
@@ -53,12 +73,8 @@ class ConvEncoder(nn.Module):
         check_shape(image_shape, channels)
         c, h, w = channels_and_size(image_shape)
         self.image = (c, h, w)
-        layers, width = [], c
-        for size in channels:
-            layers += [nn.Conv2d(width, size, 4, stride=2, padding=1), ACTIVATIONS[activation]()]
-            width = size
-        self.features = nn.Sequential(*layers)
-        self.feature_dim = width * (h >> len(channels)) * (w >> len(channels))
+        self.features = downsampling(c, channels, activation)
+        self.feature_dim = channels[-1] * (h >> len(channels)) * (w >> len(channels))
         self.head = mlp(self.feature_dim + context_features, hidden, out_features, activation)
         self.features.to(memory_format=torch.channels_last)
 
@@ -82,12 +98,8 @@ class ConvDecoder(nn.Module):
         self.start = (channels[-1], h >> len(channels), w >> len(channels))
         act = ACTIVATIONS[activation]
         self.project = nn.Sequential(*mlp(in_features, hidden, math.prod(self.start), activation), act())
-        layers, widths = [], [*reversed(channels), c]
-        for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
-            layers.append(nn.ConvTranspose2d(a, b, 4, stride=2, padding=1))
-            if i < len(widths) - 2:
-                layers.append(act())
-        self.deconv = nn.Sequential(*layers).to(memory_format=torch.channels_last)
+        self.deconv = upsampling(channels, c, activation).to(memory_format=torch.channels_last)
+        widths = [*reversed(channels), c]
         # The largest per-sample activation (a feature map): evaluation sizes its chunks by it.
         self.activation_elements = max(*hidden, *(widths[i] * (h >> (len(channels) - i)) * (w >> (len(channels) - i))
                                                   for i in range(len(widths))))

@@ -192,6 +192,8 @@ def _train(cfg: RunConfig, run_dir: Path, progress: bool, resume: bool, ctx: dis
     if cfg.train.compile:
         check_compile_toolchain(device)
     model = build_model(cfg.model).to(device)
+    if model.spec.starts_from is not None and not resume:  # on resume the checkpoint holds those weights
+        runs.start_from_source(model, cfg, device)
     if device.type == "cpu":
         torch.set_num_threads(cfg.train.threads or auto_threads(step_flops(
             model, {key: ctx.shard(value) for key, value in batches.sample().items()},

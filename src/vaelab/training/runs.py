@@ -14,6 +14,7 @@ Weights are only ever read with safetensors, which never unpickles.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import platform
@@ -25,7 +26,7 @@ import torch
 from . import checkpoints, files
 from . import config as config_mod
 from ..errors import ConfigError, RunDirError
-from ..models import build_model
+from ..models import build_model, model_class
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -112,6 +113,42 @@ def load_run(run_dir: str | os.PathLike, device="cpu") -> tuple[torch.nn.Module,
         first = str(exc).strip().splitlines()[0]
         raise RunDirError(f"{run_dir}: weights do not match config.json ({first})") from None
     return model.to(device).eval(), cfg
+
+
+def inherit_from_source(cfg: config_mod.RunConfig, source_dir: str | os.PathLike) -> None:
+    """`vaelab train MODEL --from RUN`: cfg (of a model whose spec.starts_from names RUN's model) takes RUN's model
+    settings that it shares (the networks and codebook it will load), its dataset and data folder, and
+    model.source_run = RUN. Later flags and --set may still change the model's own settings."""
+    spec = model_class(cfg.model.name).spec
+    if spec.starts_from is None:
+        raise ConfigError(f"--from: model {cfg.model.name!r} does not start from another run")
+    source_dir = Path(source_dir).expanduser().resolve()
+    if not (source_dir / CONFIG_FILE).is_file():
+        raise RunDirError(f"--from: {source_dir} is not a vaelab run directory (no {CONFIG_FILE})")
+    source = config_mod.load_json(source_dir / CONFIG_FILE)
+    if source.model.name != spec.starts_from:
+        raise ConfigError(f"--from: {source_dir} is a {source.model.name!r} run; {cfg.model.name!r} starts from a {spec.starts_from!r} run")
+    shared = {f.name for f in dataclasses.fields(source.model)} & {f.name for f in dataclasses.fields(cfg.model)}
+    for name in shared - {"name"}:
+        setattr(cfg.model, name, getattr(source.model, name))
+    cfg.model.source_run = str(source_dir)
+    cfg.data.dataset, cfg.data.data_dir = source.data.dataset, source.data.data_dir
+
+
+def start_from_source(model: torch.nn.Module, cfg: config_mod.RunConfig, device: torch.device) -> None:
+    """A new run of a model with spec.starts_from: load its source run (verified) and hand that model to
+    model.start_from; the source's settings and dataset must be the ones cfg has."""
+    source_dir = Path(cfg.model.source_run)
+    source, source_cfg = load_run(source_dir, device)
+    if source_cfg.model.name != model.spec.starts_from:
+        raise ConfigError(f"model.source_run: {source_dir} is a {source_cfg.model.name!r} run, not {model.spec.starts_from!r}")
+    if source_cfg.data.dataset != cfg.data.dataset:
+        raise ConfigError(f"data.dataset: {source_dir} was trained on {source_cfg.data.dataset}, this run is on {cfg.data.dataset}")
+    try:
+        model.start_from(source)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise ConfigError(f"model.source_run: the weights of {source_dir} do not fit these model settings ({first})") from None
 
 
 @functools.cache

@@ -1,26 +1,15 @@
-"""The `vaelab` command: train, eval, sample, plot, compare and reproduce.
-
-Errors a user can cause (missing data, corrupt files, bad options, an occupied run directory) end
-with one line on stderr naming the file or option, and a non-zero exit code.
-"""
+"""The options of every `vaelab` command (argparse), and the train flags that are shorthands for config keys."""
 
 from __future__ import annotations
 
 import argparse
-import json
-import math
-import os
-import sys
 from pathlib import Path
 
-import torch
-
-from . import __version__
-from .distributions import LIKELIHOODS, POSTERIORS, PRIORS
-from .errors import TrainingInterrupted, VaelabError
-from .evaluation import DEFAULT_BUDGET
-from .nets import NETS
-from .training.config import list_presets, load_preset, parse_override, run_label, set_key
+from .. import __version__
+from ..distributions import LIKELIHOODS, POSTERIORS, PRIORS
+from ..evaluation import DEFAULT_BUDGET
+from ..nets import NETS
+from ..training.config import list_presets
 
 # Flags of `vaelab train` that are shorthands for config keys.
 TRAIN_FLAGS = {
@@ -91,6 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", type=Path, metavar="RUN_DIR",
                    help="continue RUN_DIR from its newest checkpoint (model, Adam, step, RNG, batch order); "
                         "only --steps, --device and --no-progress may be given with it")
+    p.add_argument("--from", dest="from_run", type=Path, metavar="RUN_DIR",
+                   help="start from a finished run (vqvae-prior from a vqvae run): its model settings, dataset and frozen weights")
     p.add_argument("--steps", type=int, help="optimiser steps (default 20000)")
     p.add_argument("--batch-size", type=int, help="images per step (default 100)")
     p.add_argument("--lr", type=float, help="Adam learning rate (default 1e-3)")
@@ -204,192 +195,3 @@ def build_parser() -> argparse.ArgumentParser:
 PLOT_KINDS = ("interpolation", "traversal", "latents", "kl", "curves")
 
 
-def cmd_train(args) -> int:
-    from .training import load_json, train
-    from .training.runs import CONFIG_FILE
-
-    if args.resume is not None:
-        allowed = {"steps", "device"}
-        given = [f"--{flag.replace('_', '-')}" for flag in TRAIN_FLAGS if getattr(args, flag) is not None and flag not in allowed]
-        given += ["--set"] * bool(args.set) + ["--no-download"] * args.no_download + ["--out"] * (args.out is not None)
-        if args.model is not None or given:
-            raise VaelabError(f"--resume continues the run's saved config; drop {', '.join(([args.model] if args.model else []) + given)}")
-        if not (args.resume / CONFIG_FILE).is_file():
-            raise VaelabError(f"--resume: {args.resume} is not a vaelab run directory (no {CONFIG_FILE})")
-        cfg = load_json(args.resume / CONFIG_FILE)
-        for flag in allowed:
-            if getattr(args, flag) is not None:
-                set_key(cfg, TRAIN_FLAGS[flag], getattr(args, flag))
-        args.out = args.resume
-        summary = train(cfg, args.resume, progress=not args.no_progress, resume=True)
-        return _report_training(summary, args.out)
-    if args.model is None or args.out is None:
-        raise VaelabError("give a model or preset and --out RUN_DIR (or --resume RUN_DIR)")
-    cfg = load_preset(args.model)
-    for flag, key in TRAIN_FLAGS.items():
-        value = getattr(args, flag)
-        if value is not None:
-            if flag == "data_dir":
-                value = str(Path(value).expanduser().resolve())
-            set_key(cfg, key, value)
-    if args.no_download:
-        cfg.data.download = False
-    for text in args.set:
-        set_key(cfg, *parse_override(text))
-    return _report_training(train(cfg, args.out, progress=not args.no_progress), args.out)
-
-
-def _report_training(summary: dict, run_dir) -> int:
-    if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 reports
-        return 0
-    final = summary["final"]
-    print(f"trained {summary['label']} for {summary['steps']} steps in {summary['train_seconds']:.1f} s "
-          f"({summary['images_per_second']:.0f} images/s); last {summary['final_steps']} steps: "
-          f"NELBO {final['nelbo']:.2f}, KL {final['kl']:.2f}, Rec {final['rec']:.2f}; run directory {run_dir}")
-    return 0
-
-
-def _load(args):
-    from . import data as data_mod
-    from .devices import resolve_device
-    from .training.runs import load_run
-
-    device = resolve_device(args.device)
-    model, cfg = load_run(args.run_dir, device)
-    data_dir = args.data_dir or cfg.data.data_dir
-    return model, cfg, device, lambda: data_mod.load(cfg.data.dataset, "test", data_dir, device, cfg.data.download)
-
-
-def cmd_eval(args) -> int:
-    from .evaluation import evaluate
-    from .training.files import atomic_write_text
-
-    model, cfg, _, load_test = _load(args)
-    if args.protocol == "cs236" and cfg.data.dataset != "mnist":
-        raise VaelabError(f"--protocol cs236 is defined on MNIST's test subset; {args.run_dir} was trained on {cfg.data.dataset}: use --protocol full")
-    say = None if args.json else (lambda label: print(f"  {label} ...", file=sys.stderr, flush=True))
-    result = evaluate(model, load_test(), args.protocol, args.iw, args.seed, args.budget, progress=say, compile=args.compile,
-                      precision=args.precision)
-    result = {"run": str(args.run_dir), "model": cfg.model.name, "label": run_label(cfg), "dataset": cfg.data.dataset, **result}
-    if not args.no_save:
-        atomic_write_text(args.run_dir / f"eval-{args.protocol}.json", json.dumps(result, indent=2) + "\n")
-    if args.json:
-        print(json.dumps(result))
-    else:
-        print(f"{run_label(cfg)} on {cfg.data.dataset}, protocol {args.protocol} ({result['images']} test images), nats:")
-        groups = {key[3:]: value for key, value in result.items() if key.startswith("kl_")}
-        print(f"  NELBO {result['nelbo']:.2f}   KL {result['kl']:.2f}   Rec {result['rec']:.2f}"
-              + (f"   ({', '.join(f'KL_{name} {value:.2f}' for name, value in groups.items())})" if len(groups) > 1 else "")
-              + ("" if result["bound"] == "log p(x)" else "   [bounds on log p(x | y)]"))
-        if "accuracy" in result:
-            print(f"  accuracy {result['accuracy']:.4f} on {result['accuracy_images']} test images")
-        for key, value in result.items():
-            if key.startswith("niwae_") and not key.endswith("_sem"):
-                sem = result.get(f"{key}_sem")
-                print(f"  -IWAE-{key[6:]:<5} {value:.2f}" + (f"  (+- {sem:.2f} s.e.)" if sem is not None else ""))
-        print(f"  active units {result['active_units']} of {result['z_dim']}")
-        for key, value in result.items():
-            if key.startswith("mutual_information"):
-                suffix = key[len("mutual_information"):]
-                print(f"  ELBO surgery{suffix.replace('_', ' of ')} on {result['surgery_images']} images: I(x; z) {value:.2f} "
-                      f"(at most log N = {math.log(result['surgery_images']):.2f}), marginal KL(q(z) || p(z)) {result['marginal_kl' + suffix]:.2f}")
-        print(f"  ({result['seconds']:.1f} s)")
-    return 0
-
-
-def cmd_sample(args) -> int:
-    from .report.figures import write_sample_grids
-
-    model, cfg, _, load_test = _load(args)
-    written = write_sample_grids(model, cfg, None if args.no_recon else load_test(), args.out or args.run_dir / "samples.png",
-                                 args.recon_out or args.run_dir / "reconstructions.png", n=args.n, ncol=args.ncol,
-                                 seed=args.seed, mode=args.mode, recon_n=args.recon_n)
-    for path in written:
-        print(f"wrote {path}")
-    return 0
-
-
-def cmd_plot(args) -> int:
-    from . import evaluation
-    from .report import figures
-    from .training.files import read_jsonl
-    from .training.runs import METRICS_FILE
-
-    out = args.out or args.run_dir / f"{args.kind}.png"
-    if args.kind == "curves":
-        if not (args.run_dir / METRICS_FILE).is_file():
-            raise VaelabError(f"{args.run_dir}: no {METRICS_FILE}; not a vaelab run directory")
-        figures.training_curves({args.run_dir.name: read_jsonl(args.run_dir / METRICS_FILE)}, out)
-        print(f"wrote {out}")
-        return 0
-    model, cfg, device, load_test = _load(args)
-    x, y = evaluation.evaluation_set("full", load_test(), model.binary_pixels)
-    with torch.no_grad():
-        label = run_label(cfg)
-        if args.kind == "interpolation":
-            figures.interpolation_figure(model, x, out, f"{args.run_dir.name} ({label}): interpolations between posterior means", y=y)
-        elif args.kind == "traversal":
-            figures.traversal_figure(model, x, out, f"{args.run_dir.name} ({label}): one latent varied per row", y=y)
-        elif args.kind == "latents":
-            figures.latent_scatter(model, x[: args.images], y[: args.images], out, title=f"{args.run_dir.name}: posterior means")
-        else:
-            xs, ys = x[: args.images], None if y is None else y[: args.images]
-            kl = evaluation.kl_per_dimension(model, xs, ys)
-            per_group = kl or evaluation.active_units(model, xs, ys)
-            per_dimension = torch.cat(list(per_group.values()))
-            surgery = evaluation.elbo_surgery(model, xs[: evaluation.SURGERY_IMAGES], None if ys is None else ys[: evaluation.SURGERY_IMAGES])
-            figures.kl_diagnostics_figure(per_dimension, bool(kl), next(iter(surgery.values())) if len(surgery) == 1 else None, out,
-                                          title=f"{args.run_dir.name} ({label}) on {len(xs)} test images",
-                                          groups=[(name, v.shape[0]) for name, v in per_group.items()])
-    print(f"wrote {out}")
-    return 0
-
-
-def cmd_reproduce(args) -> int:
-    from .report.reproduce import SUITES, reproduce
-
-    only = None
-    if args.only:
-        only = [name.strip() for name in args.only.split(",") if name.strip()]
-        known = {e.name for e in SUITES[args.suite]}
-        unknown = sorted(set(only) - known)
-        if unknown:
-            raise VaelabError(f"--only: unknown experiment(s) {', '.join(unknown)} (choose from {', '.join(sorted(known))})")
-    data_dir = str(Path(args.data_dir).expanduser().resolve()) if args.data_dir else None
-    report = reproduce(args.suite, args.out, quick=args.quick, runs=args.runs, data_dir=data_dir, device=args.device,
-                       steps=args.steps, progress=not args.no_progress, only=only, threads=args.threads)
-    print(report.read_text())
-    print(f"wrote {report} and {report.with_suffix('.html')}")
-    return 0
-
-
-def cmd_compare(args) -> int:
-    from .report.compare import compare_runs
-
-    table = compare_runs(args.run_dirs, args.out)
-    print(table)
-    print(f"wrote {args.out / 'compare.md'}, {args.out / 'compare.csv'}, {args.out / 'curves.png'}")
-    return 0
-
-
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "sample": cmd_sample, "plot": cmd_plot, "compare": cmd_compare, "reproduce": cmd_reproduce}
-
-
-def main(argv=None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        return COMMANDS[args.command](args)
-    except TrainingInterrupted as exc:
-        print(f"vaelab {args.command}: interrupted by {exc}", file=sys.stderr)
-        return exc.exit_code
-    except VaelabError as exc:
-        print(f"vaelab {args.command}: error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f"vaelab {args.command}: interrupted", file=sys.stderr)
-        return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,36 @@
+"""The `vaelab` command: train, eval, sample, plot, compare and reproduce.
+
+Errors a user can cause (missing data, corrupt files, bad options, an occupied run directory) end
+with one line on stderr naming the file or option, and a non-zero exit code.
+parser.py holds the options, commands.py what each command does.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from ..errors import TrainingInterrupted, VaelabError
+from .commands import cmd_compare, cmd_eval, cmd_plot, cmd_reproduce, cmd_sample, cmd_train
+from .parser import PLOT_KINDS, TRAIN_FLAGS, build_parser
+
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "sample": cmd_sample, "plot": cmd_plot, "compare": cmd_compare, "reproduce": cmd_reproduce}
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except TrainingInterrupted as exc:
+        print(f"vaelab {args.command}: interrupted by {exc}", file=sys.stderr)
+        return exc.exit_code
+    except VaelabError as exc:
+        print(f"vaelab {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"vaelab {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+
+__all__ = ["main", "build_parser", "COMMANDS", "TRAIN_FLAGS", "PLOT_KINDS"]
