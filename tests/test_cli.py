@@ -186,7 +186,7 @@ def test_train_settings_flags_reach_the_config(cli, tmp_path, tiny_data):
     assert 0 <= result["active_units"] <= result["z_dim"] == 10
 
 
-@pytest.mark.parametrize("kind", ["interpolation", "traversal", "latents", "kl", "curves"])
+@pytest.mark.parametrize("kind", ["interpolation", "traversal", "latents", "kl", "lossy", "curves"])
 def test_plot_kinds(cli, trained_run, tmp_path, kind):
     import matplotlib.image
 

@@ -81,3 +81,24 @@ def test_pixelcnn_settings_are_checked():
     assert_refused([("model.likelihood", "pixelcnn"), ("model.image_shape", "784")], "model.likelihood: pixelcnn models single-channel images")
     assert_refused([("model.pixel_layers", "5")], "model.pixel_layers: pixel_layers and pixel_channels apply to likelihood = pixelcnn only")
     assert_refused([("model.likelihood", "pixelcnn"), ("model.pixel_layers", "0")], "model.pixel_layers: pixel_layers and pixel_channels must be >= 1")
+
+
+def test_lossy_code_figure_redraws_what_the_code_leaves_out(captured):
+    """Decodings of one code differ under a PixelCNN decoder (it draws pixels) and coincide under a factorised one;
+    the figure names its input column and draws."""
+    from vaelab.report import figures
+
+    torch.manual_seed(0)
+    x = torch.bernoulli(torch.full((3, 64), 0.4))
+    pixel = build_model(model_config("vae", image_shape=(8, 8), z_dim=3, hidden=(16,), likelihood="pixelcnn", pixel_layers=2,
+                                     pixel_channels=8)).eval()
+    grid = figures.lossy_codes(pixel, x, images=3, redraws=4)
+    assert grid.shape == (3, 5, 64) and torch.equal(grid[:, 0], x)
+    assert not torch.allclose(grid[:, 1], grid[:, 2])
+    factorised = build_model(model_config("vae", image_shape=(8, 8), z_dim=3, hidden=(16,))).eval()
+    grid = figures.lossy_codes(factorised, x, images=3, redraws=4)
+    assert torch.equal(grid[:, 1], grid[:, 4])
+    figures.lossy_codes_figure(pixel, x, "lossy.png", "run: what the code keeps", images=2, redraws=3)
+    ax = captured[0].axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["input", "draw 1", "draw 2", "draw 3"]
+    assert ax.get_title() == "run: what the code keeps"

@@ -150,6 +150,8 @@ def cmd_plot(args) -> int:
             figures.interpolation_figure(model, x, out, f"{args.run_dir.name} ({label}): interpolations between posterior means", y=y)
         elif args.kind == "traversal":
             figures.traversal_figure(model, x, out, f"{args.run_dir.name} ({label}): one latent varied per row", y=y)
+        elif args.kind == "lossy":
+            figures.lossy_codes_figure(model, x, out, f"{args.run_dir.name} ({label}): what the code keeps", y=y)
         elif args.kind == "latents":
             figures.latent_scatter(model, x[: args.images], y[: args.images], out, title=f"{args.run_dir.name}: posterior means")
         else:

@@ -164,7 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kind", required=True, choices=PLOT_KINDS,
                    help="interpolation: decoded lines between test images' posterior means; traversal: one latent "
                         "dimension varied per row; latents: posterior means coloured by label (PCA beyond 2-D); "
-                        "kl: mean KL per latent dimension; curves: loss, KL and rec against step")
+                        "kl: mean KL per latent dimension; lossy: test images beside several decodings of each one's code "
+                        "(what an autoregressive decoder redraws); curves: loss, KL and rec against step")
     p.add_argument("--out", type=Path, help="output PNG (default RUN_DIR/<kind>.png)")
     p.add_argument("--images", type=_positive_int, default=2000, help="test images for latents and kl (default 2000)")
     p.add_argument("--data-dir", help="data root for the test images (default: the run's)")
@@ -192,6 +193,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-PLOT_KINDS = ("interpolation", "traversal", "latents", "kl", "curves")
+PLOT_KINDS = ("interpolation", "traversal", "latents", "kl", "lossy", "curves")
 
 

@@ -13,7 +13,8 @@ from ..training.files import read_jsonl
 from ..training.runs import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE
 from .figures import training_curves
 
-EVAL_KEYS = ("nelbo", "kl", "rec", "niwae_1", "niwae_10", "niwae_100", "niwae_1000", "niwae_5000", "accuracy", "active_units")
+EVAL_KEYS = ("nelbo", "kl", "rec", "niwae_1", "niwae_10", "niwae_100", "niwae_1000", "niwae_5000", "accuracy", "active_units",
+             "mutual_information", "marginal_kl", "codebook_perplexity", "codes_in_use")
 
 
 def describe(cfg: dict) -> str:

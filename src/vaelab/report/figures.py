@@ -161,6 +161,25 @@ def interpolation_figure(model, x: torch.Tensor, path, title: str, pairs: int = 
                          xlabel="t: (1 - t) mean(z|x_a) + t mean(z|x_b)", ylabel="test images a->b")
 
 
+@torch.no_grad()
+def lossy_codes(model, x: torch.Tensor, images: int = 8, redraws: int = 6, y: torch.Tensor | None = None) -> torch.Tensor:
+    """Row i: test image i, then `redraws` decodings of its code (encode once, decode `redraws` times): (images,
+    1 + redraws, D). A decoder that draws pixels (PixelCNN) redraws what the code left out, so the columns show what
+    z keeps (PixelVAE's and VLAE's lossy codes); a factorised decoder repeats one image."""
+    batch = model_batch(model, x, y, 0, images)
+    codes = model.encode(batch)
+    repeated = {name: value.repeat_interleave(redraws, 0) for name, value in codes.items()}
+    decoded = model.decode(repeated).view(batch["x"].shape[0], redraws, -1)
+    return torch.cat([batch["x"].unsqueeze(1).to(decoded.dtype), decoded], 1)
+
+
+def lossy_codes_figure(model, x: torch.Tensor, path, title: str, images: int = 8, redraws: int = 6, y=None) -> Path:
+    grid = lossy_codes(model, x, images, redraws, y)
+    return labelled_grid(path, grid, tuple(model.config.image_shape), title, row_labels=[str(i) for i in range(grid.shape[0])],
+                         col_labels=["input"] + [f"draw {j + 1}" for j in range(redraws)],
+                         xlabel="the test image, then decodings of its code (posterior mean)", ylabel="test image")
+
+
 def pca_2d(points: torch.Tensor) -> torch.Tensor:
     """Project points (N, D) on their first two principal components (identity for D = 2)."""
     if points.shape[1] <= 2:

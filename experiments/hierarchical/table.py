@@ -1,0 +1,38 @@
+"""The table of experiments/hierarchical: one row per run directory's eval-full.json and summary.json, with KL and
+active units per layer.
+
+  python experiments/hierarchical/table.py [experiments/hierarchical]
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+ROWS = {"one": "one layer (z = 40)", "bottom_up": "two layers, bottom-up", "ladder": "two layers, ladder",
+        "vamp": "two layers, bottom-up, VampPrior on z2"}
+
+
+def main() -> None:
+    root = Path(sys.argv[1] if len(sys.argv) > 1 else Path(__file__).resolve().parent)
+    print("| model | -IWAE-5000 (s.e.) | NELBO | KL z1 | KL z2 | active units z1 | active units z2 | train s | eval s |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for name, label in ROWS.items():
+        if not (root / name / "eval-full.json").is_file():
+            print(f"| {label} | not run | | | | | | | |")
+            continue
+        e = json.loads((root / name / "eval-full.json").read_text())
+        s = json.loads((root / name / "summary.json").read_text())
+        # One layer: its only group is z1; the keys carry no group name then.
+        kl = [e.get("kl_z1", e["kl"]), e.get("kl_z2")]
+        units = [e.get("active_units_z1", e["active_units"]), e.get("active_units_z2")]
+        sizes = [40, 40 if kl[1] is not None else None]
+        cell = lambda v, fmt: "" if v is None else fmt.format(v)  # noqa: E731
+        print(f"| {label} | **{e['niwae_5000']:.2f}** ({e['niwae_5000_sem']:.2f}) | {e['nelbo']:.2f} | {cell(kl[0], '{:.2f}')} | "
+              f"{cell(kl[1], '{:.2f}')} | {units[0]} / {sizes[0]} | {cell(units[1], '{}')}{'' if sizes[1] is None else ' / 40'} | "
+              f"{s['train_seconds']:.0f} | {e['seconds']:.0f} |")
+
+
+if __name__ == "__main__":
+    main()
