@@ -8,16 +8,16 @@
 #   stage two:  log p(x) >= log p(x | e_k) + log p_psi(k)  (learned prior)
 # Results (config, metrics, eval JSON and text, samples, reconstructions; not weights) go to experiments/vqvae/<name>/.
 # Usage: bash experiments/vqvae.sh [DATA_DIR] [NAMES...]
-#   names: mnist fashion mnist_norestart fashion_norestart (default all); STEPS=N for stage one (default 5000),
-#   PRIOR_STEPS=N for stage two (default 4000); batch 100, Adam 1e-3, seed 0.
+#   names: mnist fashion mnist_norestart fashion_norestart (default all); STEPS=N for stage one (default 3000: 5 epochs),
+#   PRIOR_STEPS=N for stage two (default 3000); batch 100, Adam 1e-3, seed 0.
 # Each name runs on one CPU thread (OMP_NUM_THREADS=1), so two names can run side by side on 2 cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 data_dir=${1:-${VAELAB_DATA:-../shared/data}}
 shift || true
 names=${*:-mnist fashion mnist_norestart fashion_norestart}
-steps=${STEPS:-5000}
-prior_steps=${PRIOR_STEPS:-4000}
+steps=${STEPS:-3000}
+prior_steps=${PRIOR_STEPS:-3000}
 out=experiments/vqvae
 mkdir -p "$out"
 export OMP_NUM_THREADS=1

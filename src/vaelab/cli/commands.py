@@ -80,6 +80,8 @@ def cmd_eval(args) -> int:
     from ..training.files import atomic_write_text
 
     model, cfg, _, load_test = _load(args)
+    if args.disentanglement:
+        return _eval_disentanglement(args, model, cfg)
     if args.protocol == "cs236" and cfg.data.dataset != "mnist":
         raise VaelabError(f"--protocol cs236 is defined on MNIST's test subset; {args.run_dir} was trained on {cfg.data.dataset}: use --protocol full")
     say = None if args.json else (lambda label: print(f"  {label} ...", file=sys.stderr, flush=True))
@@ -117,6 +119,28 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def _eval_disentanglement(args, model, cfg) -> int:
+    from ..data import factor_data
+    from ..evaluation.disentanglement import evaluate_disentanglement
+    from ..training.files import atomic_write_text
+
+    factors = factor_data(cfg.data.dataset, args.data_dir or cfg.data.data_dir)
+    result = {"run": str(args.run_dir), "model": cfg.model.name, "label": run_label(cfg), "dataset": cfg.data.dataset,
+              **evaluate_disentanglement(model, factors, args.seed, args.metric_points)}
+    if not args.no_save:
+        atomic_write_text(args.run_dir / "eval-disentanglement.json", json.dumps(result, indent=2) + "\n")
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(f"{run_label(cfg)} on {cfg.data.dataset}: disentanglement ({args.metric_points} training points per metric)")
+    print(f"  beta-VAE metric {result['beta_vae']:.3f}   FactorVAE metric {result['factor_vae']:.3f}   MIG {result['mig']:.3f}")
+    print(f"  DCI disentanglement {result['dci_disentanglement']:.3f}   completeness {result['dci_completeness']:.3f}   "
+          f"informativeness {result['dci_informativeness']:.3f}")
+    print("  MIG per factor: " + ", ".join(f"{name} {gap:.3f}" for name, gap in zip(result["factors"], result["mig_per_factor"])))
+    print(f"  ({result['seconds']:.1f} s)")
+    return 0
+
+
 def cmd_sample(args) -> int:
     from ..report.figures import write_sample_grids
 
@@ -149,7 +173,9 @@ def cmd_plot(args) -> int:
         if args.kind == "interpolation":
             figures.interpolation_figure(model, x, out, f"{args.run_dir.name} ({label}): interpolations between posterior means", y=y)
         elif args.kind == "traversal":
-            figures.traversal_figure(model, x, out, f"{args.run_dir.name} ({label}): one latent varied per row", y=y)
+            scores = args.run_dir / "eval-disentanglement.json"  # rows then name the factor each latent captures best
+            notes = figures.factor_notes(json.loads(scores.read_text())) if scores.is_file() else None
+            figures.traversal_figure(model, x, out, f"{args.run_dir.name} ({label}): one latent varied per row", y=y, notes=notes)
         elif args.kind == "lossy":
             figures.lossy_codes_figure(model, x, out, f"{args.run_dir.name} ({label}): what the code keeps", y=y)
         elif args.kind == "latents":

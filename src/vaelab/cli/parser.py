@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from .. import __version__
+from ..data import DATASET_NAMES
 from ..distributions import LIKELIHOODS, POSTERIORS, PRIORS
 from ..evaluation import DEFAULT_BUDGET
 from ..nets import NETS
@@ -109,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--decoder-variance", type=float, help="variance of the gaussian likelihood (default 0.1)")
     p.add_argument("--gen-weight", type=float, help="model.gen_weight of models trained on a labelled subset: weight of the unlabelled bound; 0 trains the classifier alone (default 1)")
     p.add_argument("--class-weight", type=float, help="model.class_weight of models trained on a labelled subset: weight of the labelled cross-entropy (default 100)")
-    p.add_argument("--dataset", choices=("mnist", "fashion-mnist", "svhn"), help="training data (default mnist)")
+    p.add_argument("--dataset", choices=DATASET_NAMES, help="training data (default mnist; dsprites is generated on first use)")
     p.add_argument("--data-dir", help="data root holding mnist/ and fashion-mnist/ (default $VAELAB_DATA, else ~/.cache/vaelab)")
     p.add_argument("--device", help="cpu, cuda, cuda:N or auto (default auto)")
     p.add_argument("--threads", type=int, help="CPU threads for torch (default 0: 1 for a step under 1 GFLOP, else one per core)")
@@ -141,6 +142,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", choices=("fp32", "tf32", "bf16"), default="fp32",
                    help="the networks' matrix products: fp32, tf32 (CUDA only) or bf16; log-weights and logsumexp stay "
                         "float32 (default fp32; docs/performance.md gives each one's error)")
+    p.add_argument("--disentanglement", action="store_true",
+                   help="instead of the bounds: the beta-VAE, FactorVAE, MIG and DCI metrics of a run trained on dsprites, "
+                        "written to RUN_DIR/eval-disentanglement.json")
+    p.add_argument("--metric-points", type=_positive_int, default=10_000,
+                   help="training points of each disentanglement metric, half as many held out (default 10000, as disentanglement_lib)")
     p.add_argument("--no-save", action="store_true", help="do not write RUN_DIR/eval-<protocol>.json")
 
     p = sub.add_parser("sample", help="write a grid of prior samples and a reconstruction grid",

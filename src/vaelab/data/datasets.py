@@ -6,8 +6,6 @@ binarized there (a fresh Bernoulli draw per batch), so no per-item Python runs i
 
 from __future__ import annotations
 
-import gzip
-import hashlib
 import os
 import shutil
 import tempfile
@@ -20,6 +18,8 @@ import numpy as np
 import torch
 
 from ..errors import DataError
+from . import dsprites
+from .checksums import file_digest
 from .formats import read_idx, read_svhn_mat
 
 @dataclass(frozen=True)
@@ -102,6 +102,10 @@ DATASETS = {
 }
 
 
+DATASET_NAMES = (*DATASETS, "dsprites")
+"""Every dataset `load` knows: the downloaded ones and the generated dSprites."""
+
+
 def default_cache_dir() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "vaelab"
@@ -121,17 +125,6 @@ def _existing(spec: DatasetSpec, folder: Path, base: str) -> Path | None:
         if (folder / name).is_file():
             return folder / name
     return None
-
-
-def file_digest(path: Path, algorithm: str) -> str:
-    """Hex digest of a file's bytes, decompressed first if it is gzip."""
-    digest = hashlib.new(algorithm)
-    with open(path, "rb") as raw:
-        compressed = raw.read(2) == b"\x1f\x8b"
-    with (gzip.open if compressed else open)(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def download(spec: DatasetSpec, folder: Path, files: list[str], mirrors=None, timeout: float = 30.0) -> None:
@@ -185,11 +178,13 @@ def locate(dataset: str, data_dir=None, download_missing: bool = True, mirrors=N
 
 @dataclass
 class ImageSet:
-    """Images as uint8 (N, H, W) or (N, C, H, W) and labels as int64 (N,), both on one device."""
+    """Images as uint8 (N, H, W) or (N, C, H, W) and labels as int64 (N,), both on one device; for data generated
+    from known factors (dsprites), their indices as int64 (N, K) in `factors`."""
 
     images: torch.Tensor
     labels: torch.Tensor
     name: str = ""
+    factors: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -203,7 +198,8 @@ class ImageSet:
         return tuple(self.images.shape[1:])
 
     def to(self, device) -> "ImageSet":
-        return ImageSet(self.images.to(device), self.labels.to(device), self.name)
+        return ImageSet(self.images.to(device), self.labels.to(device), self.name,
+                        None if self.factors is None else self.factors.to(device))
 
     def pixels(self, index=None) -> torch.Tensor:
         """Flattened float pixels in [0, 1] (the value / 255 used by the reference)."""
@@ -247,6 +243,13 @@ def _load_idx(images_path: Path, labels_path: Path, spec: DatasetSpec) -> tuple[
 
 def load(dataset: str = "mnist", split: str = "train", data_dir=None, device="cpu", download_missing: bool = True) -> ImageSet:
     """Load one split of a dataset as an ImageSet on `device`."""
+    if dataset == "dsprites":  # generated, not downloaded: data/dsprites.py
+        root, explicit = resolve_data_root(data_dir)
+        if explicit and not root.is_dir():
+            raise DataError(f"data directory {root} does not exist")
+        images, factors = dsprites.load_split(root / "dsprites", split)
+        factors = torch.from_numpy(factors.astype(np.int64))
+        return ImageSet(torch.from_numpy(images).to(device), factors[:, 0].to(device), f"{dataset}-{split}", factors.to(device))
     spec = DATASETS.get(dataset)
     if spec is not None and split not in spec.splits:
         raise DataError(f"unknown split {split!r} of {dataset} (choose from {', '.join(spec.splits)})")
@@ -256,6 +259,16 @@ def load(dataset: str = "mnist", split: str = "train", data_dir=None, device="cp
     # read_idx's arrays are writable views of their own buffers, so torch takes them without a copy.
     images = images if images.flags.writeable else images.copy()
     return ImageSet(torch.from_numpy(images).to(device), torch.from_numpy(labels.astype(np.int64)).to(device), f"{dataset}-{split}")
+
+
+def factor_data(dataset: str, data_dir=None) -> "dsprites.Factors":
+    """The ground-truth factors of a dataset generated from known factors (dsprites), for the disentanglement metrics."""
+    if dataset != "dsprites":
+        raise DataError(f"{dataset} has no known generative factors; the disentanglement metrics need a run trained on dsprites")
+    root, explicit = resolve_data_root(data_dir)
+    if explicit and not root.is_dir():
+        raise DataError(f"data directory {root} does not exist")
+    return dsprites.Factors(root / "dsprites")
 
 
 def binarize(pixels: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -143,13 +143,23 @@ def traversal(model, x: torch.Tensor, span: float = 3.0, steps: int = 9, y: torc
     return model.decode(path).view(d, steps, -1)
 
 
-def traversal_figure(model, x: torch.Tensor, path, title: str, span: float = 3.0, steps: int = 9, y=None) -> Path:
+def factor_notes(disentanglement: dict) -> list[str]:
+    """For each code dimension, the ground-truth factor it carries most information about and how much (from an
+    eval-disentanglement.json's I(z_j; v_k) matrix), e.g. 'position_x 1.9 nats'."""
+    names = disentanglement["factors"]
+    return [f"{names[max(range(len(row)), key=row.__getitem__)]} {max(row):.2g} nats" for row in disentanglement["code_factor_information"]]
+
+
+def traversal_figure(model, x: torch.Tensor, path, title: str, span: float = 3.0, steps: int = 9, y=None,
+                     notes: list[str] | None = None) -> Path:
+    """notes: one per latent dimension, added to its row's label (the factor it captures: factor_notes)."""
     codes = model.encode(model_batch(model, x, y, 0, 1))
     images = traversal(model, x, span, steps, y, codes)
     name = _continuous(codes)
     values = torch.linspace(-span, span, steps).tolist()
+    rows = [f"{name}[{j}]" + (f": {notes[j]}" if notes and j < len(notes) else "") for j in range(images.shape[0])]
     return labelled_grid(path, images, tuple(model.config.image_shape), title,
-                         row_labels=[f"{name}[{j}]" for j in range(images.shape[0])], col_labels=[f"{v:+.2g}" for v in values],
+                         row_labels=rows, col_labels=[f"{v:+.2g}" for v in values],
                          xlabel="value of the latent (the others at the posterior mean of one test image)",
                          ylabel="latent dimension varied")
 

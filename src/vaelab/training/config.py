@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from ..data import DATASET_NAMES
 from ..distributions import LIKELIHOODS
 from ..errors import ConfigError
 from ..models import MODELS, ModelConfig, build_model, model_class
@@ -52,7 +53,7 @@ class ObjectiveConfig:
 @dataclass
 class DataConfig:
     dataset: str = "mnist"
-    """mnist, fashion-mnist or svhn."""
+    """mnist, fashion-mnist, svhn, or dsprites (generated on first use: data/dsprites.py)."""
     data_dir: typing.Optional[str] = None
     """Root holding mnist/ and fashion-mnist/; default $VAELAB_DATA, else ~/.cache/vaelab."""
     download: bool = True
@@ -319,7 +320,7 @@ def validate(cfg: RunConfig) -> None:
         (o.free_bits == 0 or o.kind == "elbo", "objective.free_bits", "applies to the elbo objective only"),
         *[(getattr(o, f.name) == getattr(defaults, f.name) or f.name in spec.objective_settings, f"objective.{f.name}",
            f"not supported by model {m.name!r}") for f in dataclasses.fields(o) if f.name != "kind"],
-        (cfg.data.dataset in ("mnist", "fashion-mnist", "svhn"), "data.dataset", "must be mnist, fashion-mnist or svhn"),
+        (cfg.data.dataset in DATASET_NAMES, "data.dataset", f"must be one of {', '.join(DATASET_NAMES)}"),
         (cfg.data.labelled in ("cs236", "random"), "data.labelled", "must be cs236 or random"),
         (spec.labels == "subset" or (cfg.data.labelled, cfg.data.labels_per_class) == (DataConfig.labelled, DataConfig.labels_per_class),
          "data.labelled", f"applies to models trained on a labelled subset; {m.name!r} is not"),

@@ -1,0 +1,152 @@
+"""A dSprites-style dataset (Matthey et al. 2017) generated in code: 64 x 64 binary images of one shape whose five
+generative factors are known, every combination once:
+
+    shape        3   square, ellipse, heart
+    scale        6   0.5 .. 1 (linearly)
+    orientation 40   0 .. 2 pi (linearly, both ends included, as the original)
+    position x  32   0 .. 1 (linearly), the shape's centre from 15 to 49 pixels
+    position y  32   0 .. 1
+
+737,280 images, index = the factors' row-major index (shape slowest, position y fastest), so an image's factors
+follow from its index and need no storage. A shape at scale 1 spans 20 pixels (the square's side, the ellipse's
+long axis); a pixel is on when its centre lies inside the rotated shape. The images are rendered once (about a
+minute), packed 8 pixels to a byte in DATA_ROOT/dsprites/ (377 MB) with their sha256 beside them, and checked
+against it whenever read. Splits: test = 10,000 images drawn with a fixed seed, train = the other 727,280.
+Labels are the shape (0, 1, 2); `factors` carries all five.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import DataError
+from .checksums import file_digest
+
+FACTOR_NAMES = ("shape", "scale", "orientation", "position_x", "position_y")
+FACTOR_SIZES = (3, 6, 40, 32, 32)
+SHAPES = ("square", "ellipse", "heart")
+SIZE = 64
+IMAGES = math.prod(FACTOR_SIZES)
+TEST_IMAGES = 10_000
+CACHE_NAME = "dsprites-64x64-v1.npy"
+HALF_SIDE = 10.0  # pixels, at scale 1
+MARGIN = 15.0  # the centre's distance from the border at position 0 (a rotated square reaches 10 * sqrt(2) = 14.1)
+
+
+def factor_values() -> dict[str, np.ndarray]:
+    """The value each factor index stands for."""
+    return {"shape": np.arange(3), "scale": np.linspace(0.5, 1.0, 6), "orientation": np.linspace(0.0, 2 * np.pi, 40),
+            "position_x": np.linspace(0.0, 1.0, 32), "position_y": np.linspace(0.0, 1.0, 32)}
+
+
+def factors_of(index: np.ndarray) -> np.ndarray:
+    """Factor indices (n, 5) of images by their index in the full set."""
+    return np.stack(np.unravel_index(np.asarray(index), FACTOR_SIZES), axis=1)
+
+
+def index_of(factors: np.ndarray) -> np.ndarray:
+    """The full set's index of each row of factor indices (n, 5)."""
+    return np.ravel_multi_index(tuple(np.asarray(factors).T), FACTOR_SIZES)
+
+
+def _inside(shape: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Whether points (a, b), in units of the half-side, rotated into the shape's frame, lie in the shape."""
+    if shape == 0:
+        return (np.abs(a) <= 1) & (np.abs(b) <= 1)
+    if shape == 1:
+        return a**2 + (b / 0.5) ** 2 <= 1
+    x, y = 1.25 * a, -1.25 * b + 0.25  # the classic heart curve (x^2 + y^2 - 1)^3 <= x^2 y^3, point down
+    return (x**2 + y**2 - 1) ** 3 <= x**2 * y**3
+
+
+def render(factors: np.ndarray) -> np.ndarray:
+    """Images (n, 64, 64) uint8 in {0, 255} for factor indices (n, 5)."""
+    factors = np.asarray(factors)
+    values = factor_values()
+    centre = (np.arange(SIZE) + 0.5)[None, :]
+    out = np.zeros((len(factors), SIZE, SIZE), dtype=np.uint8)
+    for shape in range(3):
+        rows = np.flatnonzero(factors[:, 0] == shape)
+        if not len(rows):
+            continue
+        f = factors[rows]
+        radius = (values["scale"][f[:, 1]] * HALF_SIDE)[:, None, None]
+        angle = values["orientation"][f[:, 2]][:, None, None]
+        cx = (MARGIN + values["position_x"][f[:, 3]] * (SIZE - 2 * MARGIN))[:, None, None]
+        cy = (MARGIN + values["position_y"][f[:, 4]] * (SIZE - 2 * MARGIN))[:, None, None]
+        dx, dy = centre[:, None, :] - cx, centre[:, :, None] - cy  # (n, 1, W), (n, H, 1)
+        cos, sin = np.cos(angle), np.sin(angle)
+        a, b = (cos * dx + sin * dy) / radius, (-sin * dx + cos * dy) / radius
+        out[rows] = np.where(_inside(shape, a, b), 255, 0).astype(np.uint8)
+    return out
+
+
+def generate(chunk: int = 4096) -> np.ndarray:
+    """All 737,280 images, packed: (N, 512) uint8, 8 pixels a byte, in index order."""
+    packed = np.empty((IMAGES, SIZE * SIZE // 8), dtype=np.uint8)
+    for start in range(0, IMAGES, chunk):
+        index = np.arange(start, min(start + chunk, IMAGES))
+        packed[index] = np.packbits(render(factors_of(index)).reshape(len(index), -1) > 0, axis=1)
+    return packed
+
+
+def cached(folder: Path) -> np.ndarray:
+    """The packed images from folder/CACHE_NAME, generated and written there (atomically, with its sha256) first
+    if absent; a file that does not match its sha256 is refused naming it."""
+    path, checksum = folder / CACHE_NAME, folder / (CACHE_NAME + ".sha256")
+    if not path.is_file():
+        folder.mkdir(parents=True, exist_ok=True)
+        packed = generate()
+        partial = folder / f".{CACHE_NAME}.{os.getpid()}.part"
+        with open(partial, "wb") as f:
+            np.save(f, packed)
+        checksum.write_text(file_digest(partial) + "\n")
+        os.replace(partial, path)
+        return packed
+    if not checksum.is_file() or checksum.read_text().strip() != file_digest(path):
+        raise DataError(f"{path}: does not match {checksum.name} (damaged?); delete both to generate them again")
+    packed = np.load(path, allow_pickle=False)
+    if packed.shape != (IMAGES, SIZE * SIZE // 8) or packed.dtype != np.uint8:
+        raise DataError(f"{path}: expected uint8 of shape ({IMAGES}, {SIZE * SIZE // 8}), found {packed.dtype} {packed.shape}")
+    return packed
+
+
+def split_indices(split: str) -> np.ndarray:
+    """Indices of a split in the full set: test = TEST_IMAGES drawn with seed 0, train = the rest, both sorted."""
+    test = np.sort(np.random.default_rng(0).choice(IMAGES, TEST_IMAGES, replace=False))
+    if split == "test":
+        return test
+    if split == "train":
+        return np.setdiff1d(np.arange(IMAGES), test, assume_unique=True)
+    raise DataError(f"unknown split {split!r} of dsprites (choose from train, test)")
+
+
+def load_split(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """(images (n, 64, 64) uint8 in {0, 255}, factors (n, 5)) of a split."""
+    index = split_indices(split)
+    packed = cached(folder)
+    images = np.unpackbits(packed[index], axis=1).reshape(len(index), SIZE, SIZE) * np.uint8(255)
+    return images, factors_of(index)
+
+
+class Factors:
+    """The generative factors of the full set as the disentanglement metrics sample them (evaluation/disentanglement.py):
+    factor values uniform and independent, and the image each combination makes, read from the cache."""
+
+    factor_sizes = FACTOR_SIZES
+    factor_names = FACTOR_NAMES
+
+    def __init__(self, folder: Path):
+        self.packed = cached(folder)
+
+    def sample_factors(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        return np.stack([rng.integers(size, size=n) for size in FACTOR_SIZES], axis=1)
+
+    def observations(self, factors: np.ndarray) -> np.ndarray:
+        """Images (n, 64, 64) uint8 in {0, 255} for factor indices (n, 5)."""
+        rows = self.packed[index_of(factors)]
+        return np.unpackbits(rows, axis=1).reshape(len(rows), SIZE, SIZE) * np.uint8(255)

@@ -1,0 +1,112 @@
+"""The generated dSprites-style dataset: factors and indices agree, the renderer draws what each factor says, and the
+cache is written once, read back and refused when damaged."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from vaelab import data
+from vaelab.data import dsprites
+from vaelab.errors import DataError
+
+
+def test_factors_and_indices_round_trip():
+    assert dsprites.IMAGES == 737_280 == np.prod(dsprites.FACTOR_SIZES)
+    index = np.array([0, 1, 31, 32, 1023, 1024, 737_279])
+    factors = dsprites.factors_of(index)
+    assert factors[-1].tolist() == [2, 5, 39, 31, 31] and factors[1].tolist() == [0, 0, 0, 0, 1]  # position y fastest
+    assert np.array_equal(dsprites.index_of(factors), index)
+
+
+def _image(shape=0, scale=5, orientation=0, x=16, y=16):
+    return dsprites.render(np.array([[shape, scale, orientation, x, y]]))[0]
+
+
+def test_the_renderer_draws_each_factor():
+    square = _image()
+    assert set(np.unique(square)) == {0, 255} and square.shape == (64, 64)
+    assert (square > 0).sum() == pytest.approx(400, abs=45)  # a 20-pixel square
+    assert (_image(scale=0) > 0).sum() < (_image(scale=3) > 0).sum() < (square > 0).sum()  # area grows with scale
+    assert np.array_equal(_image(orientation=0), _image(orientation=39))  # 0 and 2 pi, both in the grid as the original
+    assert not np.array_equal(_image(orientation=0), _image(orientation=5))
+    centroid = lambda im: np.argwhere(im > 0).mean(0)  # noqa: E731  (row, column)
+    columns = [centroid(_image(x=x))[1] for x in (0, 10, 20, 31)]
+    assert np.all(np.diff(columns) > 0) and centroid(_image(y=31))[0] > centroid(_image(y=0))[0]
+    assert len({_image(shape=s).tobytes() for s in range(3)}) == 3
+    corners = dsprites.render(dsprites.factors_of(dsprites.index_of(
+        np.array([[0, 5, o, x, y] for o in (0, 5) for x in (0, 31) for y in (0, 31)]))))
+    assert corners[:, [0, -1], :].max() == 0 and corners[:, :, [0, -1]].max() == 0  # a shape never leaves the frame
+
+
+@pytest.fixture
+def small(monkeypatch):
+    """The first 100 images instead of all 737,280 (10 of them the test split)."""
+    monkeypatch.setattr(dsprites, "IMAGES", 100)
+    monkeypatch.setattr(dsprites, "TEST_IMAGES", 10)
+    monkeypatch.setattr(dsprites, "generate", lambda: np.packbits(dsprites.render(dsprites.factors_of(np.arange(100))).reshape(100, -1) > 0, axis=1))
+
+
+def test_the_cache_is_written_once_read_back_and_checked(small, tmp_path):
+    test = data.load("dsprites", "test", tmp_path)
+    train = data.load("dsprites", "train", tmp_path)
+    assert len(test) == 10 and len(train) == 90 and test.image_shape == (64, 64)
+    assert test.factors.shape == (10, 5) and np.array_equal(test.labels.numpy(), test.factors[:, 0].numpy())
+    expected = dsprites.render(test.factors.numpy())
+    assert np.array_equal(test.images.numpy(), expected)  # what was cached is what the factors draw
+    cache = tmp_path / "dsprites" / dsprites.CACHE_NAME
+    raw = bytearray(cache.read_bytes())
+    raw[-1] ^= 1
+    cache.write_bytes(bytes(raw))
+    with pytest.raises(DataError, match=f"{cache}: does not match {dsprites.CACHE_NAME}.sha256"):
+        data.load("dsprites", "test", tmp_path)
+    with pytest.raises(DataError, match="unknown split 'extra' of dsprites"):
+        data.load("dsprites", "extra", tmp_path)
+    with pytest.raises(DataError, match="data directory .* does not exist"):
+        data.load("dsprites", "test", tmp_path / "missing")
+
+
+@pytest.fixture
+def tiny_factors(monkeypatch):
+    """A dSprites of 128 images (every factor has 2 or 4 values), 28 of them the test split."""
+    sizes = (2, 2, 2, 4, 4)
+    monkeypatch.setattr(dsprites, "FACTOR_SIZES", sizes)
+    monkeypatch.setattr(dsprites.Factors, "factor_sizes", sizes)
+    monkeypatch.setattr(dsprites, "IMAGES", 128)
+    monkeypatch.setattr(dsprites, "TEST_IMAGES", 28)
+    monkeypatch.setattr(dsprites, "generate", lambda: np.packbits(dsprites.render(dsprites.factors_of(np.arange(128))).reshape(128, -1) > 0, axis=1))
+
+
+def test_disentanglement_of_a_trained_run_and_its_labelled_traversal(tiny_factors, tmp_path, capsys, captured):
+    import json
+
+    from vaelab.cli import main
+
+    run = tmp_path / "run"
+    assert main(["train", "vae", "--dataset", "dsprites", "--data-dir", str(tmp_path), "--steps", "20", "--batch-size", "20",
+                 "--hidden", "16", "--z-dim", "3", "--device", "cpu", "--no-progress", "--out", str(run)]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(run), "--disentanglement", "--metric-points", "60", "--device", "cpu"]) == 0
+    printed = capsys.readouterr().out
+    assert "beta-VAE metric" in printed and "MIG per factor: shape" in printed
+    result = json.loads((run / "eval-disentanglement.json").read_text())
+    assert result["factors"] == list(dsprites.FACTOR_NAMES) and result["metric_points"] == 60
+    for key in ("beta_vae", "factor_vae", "mig", "dci_disentanglement", "dci_completeness", "dci_informativeness"):
+        assert 0 <= result[key] <= 1, key
+    assert np.array(result["code_factor_information"]).shape == (3, 5)
+    assert main(["plot", str(run), "--kind", "traversal", "--device", "cpu"]) == 0
+    rows = [t.get_text() for t in captured[0].axes[0].get_yticklabels()]
+    assert len(rows) == 3 and all(any(name in row for name in dsprites.FACTOR_NAMES) for row in rows)
+
+
+def test_disentanglement_needs_data_with_known_factors(tiny_data, tmp_path, capsys):
+    from vaelab.cli import main
+
+    run = tmp_path / "mnist"
+    assert main(["train", "vae", "--data-dir", str(tiny_data), "--steps", "2", "--batch-size", "20", "--hidden", "8", "--z-dim", "2",
+                 "--device", "cpu", "--no-progress", "--out", str(run)]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(run), "--disentanglement", "--device", "cpu"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.splitlines() == [err] and "mnist has no known generative factors" in err
+    assert not (run / "eval-disentanglement.json").exists()
