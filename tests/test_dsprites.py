@@ -28,8 +28,9 @@ def test_the_renderer_draws_each_factor():
     assert set(np.unique(square)) == {0, 255} and square.shape == (64, 64)
     assert (square > 0).sum() == pytest.approx(400, abs=45)  # a 20-pixel square
     assert (_image(scale=0) > 0).sum() < (_image(scale=3) > 0).sum() < (square > 0).sum()  # area grows with scale
-    assert np.array_equal(_image(orientation=0), _image(orientation=39))  # 0 and 2 pi, both in the grid as the original
-    assert not np.array_equal(_image(orientation=0), _image(orientation=5))
+    # a square turned by a quarter (10 of 40 steps) covers the same pixels, up to rounding at its edges; 5 steps do not
+    assert (_image(orientation=0) != _image(orientation=10)).mean() < 0.005
+    assert (_image(orientation=0) != _image(orientation=5)).mean() > 0.01
     centroid = lambda im: np.argwhere(im > 0).mean(0)  # noqa: E731  (row, column)
     columns = [centroid(_image(x=x))[1] for x in (0, 10, 20, 31)]
     assert np.all(np.diff(columns) > 0) and centroid(_image(y=31))[0] > centroid(_image(y=0))[0]

@@ -3,7 +3,7 @@ generative factors are known, every combination once:
 
     shape        3   square, ellipse, heart
     scale        6   0.5 .. 1 (linearly)
-    orientation 40   0 .. 2 pi (linearly, both ends included, as the original)
+    orientation 40   k 2 pi / 40, k = 0 .. 39 (in [0, 2 pi), as docs/reference.md section 3)
     position x  32   0 .. 1 (linearly), the shape's centre from 15 to 49 pixels
     position y  32   0 .. 1
 
@@ -39,7 +39,7 @@ MARGIN = 15.0  # the centre's distance from the border at position 0 (a rotated 
 
 def factor_values() -> dict[str, np.ndarray]:
     """The value each factor index stands for."""
-    return {"shape": np.arange(3), "scale": np.linspace(0.5, 1.0, 6), "orientation": np.linspace(0.0, 2 * np.pi, 40),
+    return {"shape": np.arange(3), "scale": np.linspace(0.5, 1.0, 6), "orientation": np.linspace(0.0, 2 * np.pi, 40, endpoint=False),
             "position_x": np.linspace(0.0, 1.0, 32), "position_y": np.linspace(0.0, 1.0, 32)}
 
 
