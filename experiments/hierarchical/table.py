@@ -13,7 +13,7 @@ from pathlib import Path
 # The one-layer row is experiments/priors_flows' standard VAE: the same settings (MLPs 300-300, z = 40, N(0, I), 30,000
 # steps, seed 0), trained there at commit d388615 (`hvae --set model.z_dims=40` is the same model: tests/test_hvae.py).
 ROWS = {"../priors_flows/normal": "one layer (z = 40)", "bottom_up": "two layers, bottom-up", "ladder": "two layers, ladder",
-        "vamp": "two layers, bottom-up, VampPrior on z2"}
+        "ladder_warmup": "two layers, ladder, KL warm-up 10,000 steps", "vamp": "two layers, bottom-up, VampPrior on z2"}
 
 
 def main() -> None:
