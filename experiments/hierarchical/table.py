@@ -18,11 +18,11 @@ ROWS = {"../priors_flows/normal": "one layer (z = 40)", "bottom_up": "two layers
 
 def main() -> None:
     root = Path(sys.argv[1] if len(sys.argv) > 1 else Path(__file__).resolve().parent)
-    print("| model | -IWAE-5000 (s.e.) | NELBO | KL z1 | KL z2 | active units z1 | active units z2 | train s | eval s |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| model | -IWAE-5000 (s.e.) | NELBO | KL z1 | KL z2 | active units z1 | active units z2 | dims with KL > 0.01 (z1, z2) | train s | eval s |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for name, label in ROWS.items():
         if not (root / name / "eval-full.json").is_file():
-            print(f"| {label} | not run | | | | | | | |")
+            print(f"| {label} | not run | | | | | | | | |")
             continue
         e = json.loads((root / name / "eval-full.json").read_text())
         s = json.loads((root / name / "summary.json").read_text())
@@ -31,8 +31,12 @@ def main() -> None:
         units = [e.get("active_units_z1", e["active_units"]), e.get("active_units_z2")]
         sizes = [40, 40 if kl[1] is not None else None]
         cell = lambda v, fmt: "" if v is None else fmt.format(v)  # noqa: E731
+        # KL per dimension: for ladder inference E_q[z1] follows the top-down prior mean, so the variance criterion
+        # above counts dimensions as active that carry almost no information; the KL does not
+        per_dim = [e.get(f"per_dimension_kl_{g}", e.get("per_dimension_kl") if g == "z1" else None) for g in ("z1", "z2")]
+        kl_active = ", ".join("-" if d is None else str(sum(v > 0.01 for v in d)) for d in per_dim[: 1 if kl[1] is None else 2])
         print(f"| {label} | **{e['niwae_5000']:.2f}** ({e['niwae_5000_sem']:.2f}) | {e['nelbo']:.2f} | {cell(kl[0], '{:.2f}')} | "
-              f"{cell(kl[1], '{:.2f}')} | {units[0]} / {sizes[0]} | {cell(units[1], '{}')}{'' if sizes[1] is None else ' / 40'} | "
+              f"{cell(kl[1], '{:.2f}')} | {units[0]} / {sizes[0]} | {cell(units[1], '{}')}{'' if sizes[1] is None else ' / 40'} | {kl_active} | "
               f"{s['train_seconds']:.0f} | {e['seconds']:.0f} |")
 
 
