@@ -4,6 +4,7 @@ and the two stages through the command line (vaelab train vqvae-prior --from RUN
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import pytest
@@ -208,7 +209,7 @@ def test_bad_second_stages_are_one_line_errors(tiny_data, tmp_path, capsys):
         out = tmp_path / "out"
         assert main(["train", *args, "--steps", "2", "--device", "cpu", "--data-dir", str(tiny_data), "--out", str(out)]) == 1
         err = capsys.readouterr().err.strip()
-        assert len(err.splitlines()) == 1 and __import__("re").search(message, err), err
+        assert len(err.splitlines()) == 1 and re.search(message, err), err
         assert not out.exists()  # refused before the run directory is made
     assert main(["train", "--resume", str(vae_run), "--from", str(vae_run)]) == 1
     assert "drop --from" in capsys.readouterr().err

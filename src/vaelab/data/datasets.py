@@ -120,6 +120,14 @@ def resolve_data_root(data_dir: str | os.PathLike | None) -> tuple[Path, bool]:
     return default_cache_dir(), False
 
 
+def existing_data_root(data_dir: str | os.PathLike | None) -> Path:
+    """resolve_data_root's root, refused in one line when it was given (option or $VAELAB_DATA) and does not exist."""
+    root, explicit = resolve_data_root(data_dir)
+    if explicit and not root.is_dir():
+        raise DataError(f"data directory {root} does not exist")
+    return root
+
+
 def _existing(spec: DatasetSpec, folder: Path, base: str) -> Path | None:
     for name in spec.candidates(base):
         if (folder / name).is_file():
@@ -159,10 +167,7 @@ def locate(dataset: str, data_dir=None, download_missing: bool = True, mirrors=N
     if dataset not in DATASETS:
         raise DataError(f"unknown dataset {dataset!r} (choose from {', '.join(DATASETS)})")
     spec = DATASETS[dataset]
-    root, explicit = resolve_data_root(data_dir)
-    if explicit and not root.is_dir():
-        raise DataError(f"data directory {root} does not exist")
-    folder = root / spec.folder
+    folder = existing_data_root(data_dir) / spec.folder
     wanted = [base for split in (splits or spec.splits) for base in spec.splits[split]]
     missing = [base for base in wanted if _existing(spec, folder, base) is None]
     if missing:
@@ -244,10 +249,7 @@ def _load_idx(images_path: Path, labels_path: Path, spec: DatasetSpec) -> tuple[
 def load(dataset: str = "mnist", split: str = "train", data_dir=None, device="cpu", download_missing: bool = True) -> ImageSet:
     """Load one split of a dataset as an ImageSet on `device`."""
     if dataset == "dsprites":  # generated, not downloaded: data/dsprites.py
-        root, explicit = resolve_data_root(data_dir)
-        if explicit and not root.is_dir():
-            raise DataError(f"data directory {root} does not exist")
-        images, factors = dsprites.load_split(root / "dsprites", split)
+        images, factors = dsprites.load_split(existing_data_root(data_dir) / "dsprites", split)
         factors = torch.from_numpy(factors.astype(np.int64))
         return ImageSet(torch.from_numpy(images).to(device), factors[:, 0].to(device), f"{dataset}-{split}", factors.to(device))
     spec = DATASETS.get(dataset)
@@ -265,10 +267,7 @@ def factor_data(dataset: str, data_dir=None) -> "dsprites.Factors":
     """The ground-truth factors of a dataset generated from known factors (dsprites), for the disentanglement metrics."""
     if dataset != "dsprites":
         raise DataError(f"{dataset} has no known generative factors; the disentanglement metrics need a run trained on dsprites")
-    root, explicit = resolve_data_root(data_dir)
-    if explicit and not root.is_dir():
-        raise DataError(f"data directory {root} does not exist")
-    return dsprites.Factors(root / "dsprites")
+    return dsprites.Factors(existing_data_root(data_dir) / "dsprites")
 
 
 def binarize(pixels: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -125,12 +125,15 @@ def split_indices(split: str) -> np.ndarray:
     raise DataError(f"unknown split {split!r} of dsprites (choose from train, test)")
 
 
+def unpack(rows: np.ndarray) -> np.ndarray:
+    """Packed rows (n, 512) as images (n, 64, 64) uint8 in {0, 255}."""
+    return np.unpackbits(rows, axis=1).reshape(len(rows), SIZE, SIZE) * np.uint8(255)
+
+
 def load_split(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     """(images (n, 64, 64) uint8 in {0, 255}, factors (n, 5)) of a split."""
     index = split_indices(split)
-    packed = cached(folder)
-    images = np.unpackbits(packed[index], axis=1).reshape(len(index), SIZE, SIZE) * np.uint8(255)
-    return images, factors_of(index)
+    return unpack(cached(folder)[index]), factors_of(index)
 
 
 class Factors:
@@ -148,5 +151,4 @@ class Factors:
 
     def observations(self, factors: np.ndarray) -> np.ndarray:
         """Images (n, 64, 64) uint8 in {0, 255} for factor indices (n, 5)."""
-        rows = self.packed[index_of(factors)]
-        return np.unpackbits(rows, axis=1).reshape(len(rows), SIZE, SIZE) * np.uint8(255)
+        return unpack(self.packed[index_of(factors)])

@@ -17,7 +17,7 @@ from torch.distributions import Distribution
 
 from ..distributions import build_likelihood
 from ..nets.conv import channels_and_size
-from ..nets.quantize import GridDecoder, GridEncoder, Quantised, VectorQuantizer, code_counts, perplexity
+from ..nets.quantize import GridDecoder, GridEncoder, Quantised, VectorQuantizer, perplexity
 from .base import Auxiliary, LatentGroup, Model, ModelConfig, ModelSpec, Terms
 
 CODEBOOK_UPDATES = ("loss", "ema")
@@ -97,19 +97,18 @@ class VQVAE(Model):
         x = batch["x"]
         q = self.quantise(x)
         log_px_z = self.likelihood(q.z_q).log_prob(x)
-        kl = log_px_z.new_full(log_px_z.shape, self.positions * math.log(self.quantizer.codes)).detach()
+        kl = log_px_z.new_full(log_px_z.shape, self.positions * math.log(self.quantizer.codes))
         zeros = torch.zeros_like(kl)
         aux = {"commitment": Auxiliary(q.commitment_loss.mean(), self.config.commitment_weight)}
         if self.config.codebook_update == "loss":
             aux["codebook"] = Auxiliary(q.codebook_loss.mean())
-        counts = code_counts(q.indices, self.quantizer.codes)
-        statistics = {"perplexity": perplexity(counts.float()), "codes_used": (counts > 0).float().mean()}
+        statistics = {"perplexity": perplexity(q.counts.float()), "codes_used": (q.counts > 0).float().mean()}
         return Terms(log_px_z.expand(k, -1), {"codes": LatentGroup(lambda: (-kl).expand(k, -1), lambda: zeros.expand(k, -1), kl)},
                      aux_losses=aux, statistics=statistics)
 
     def code_counts(self, batch: dict) -> torch.Tensor:
         with torch.no_grad():
-            return code_counts(self.quantise(batch["x"]).indices, self.quantizer.codes)
+            return self.quantise(batch["x"]).counts
 
     @torch.no_grad()
     def encode(self, batch: dict) -> dict[str, torch.Tensor]:

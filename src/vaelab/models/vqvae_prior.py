@@ -59,10 +59,6 @@ class VQVAEPrior(Model):
         self.vqvae.load_state_dict(source.state_dict())
 
     @property
-    def trains_every_parameter(self) -> bool:
-        return True  # the frozen networks need no gradient (requires_grad False), the rest all get one
-
-    @property
     def elements_per_sample(self) -> int:
         return max(self.vqvae.elements_per_sample, 2 * self.config.prior_channels * self.vqvae.positions)
 

@@ -85,6 +85,8 @@ class Quantised:
     """||sg(z_e) - e||^2 summed over the grid per input, (N,); zero under EMA updates (no gradient to give)."""
     commitment_loss: torch.Tensor
     """||z_e - sg(e)||^2 summed over the grid per input, (N,)."""
+    counts: torch.Tensor
+    """How many positions chose each code, (K,) int64, on this process."""
 
 
 def ema_update(count: torch.Tensor, total: torch.Tensor, assigned: torch.Tensor, assigned_sum: torch.Tensor, decay: float,
@@ -140,8 +142,9 @@ class VectorQuantizer(nn.Module):
             self._restart(flat.detach())
         indices = self.nearest(flat)
         e = F.embedding(indices, self.codebook)
+        counts = code_counts(indices, self.codes)
         if self.training:
-            assigned = _all_reduce(code_counts(indices, self.codes).to(flat.dtype))
+            assigned = _all_reduce(counts.to(flat.dtype))  # a new tensor: counts stays this process's
             self.usage.mul_(self.decay).add_(assigned, alpha=1 - self.decay)
             if self.update == "ema":
                 with torch.no_grad():
@@ -153,7 +156,7 @@ class VectorQuantizer(nn.Module):
         commitment = (flat - e.detach()).pow(2).sum(1).view(n, -1).sum(1)
         codebook_loss = (flat.detach() - e).pow(2).sum(1).view(n, -1).sum(1) if self.update == "loss" else commitment.new_zeros(n)
         z_q = flat + (e - flat).detach()  # straight-through: forward e, gradient to z_e
-        return Quantised(indices.view(n, h * w), z_q.view(n, h, w, d).permute(0, 3, 1, 2), codebook_loss, commitment)
+        return Quantised(indices.view(n, h * w), z_q.view(n, h, w, d).permute(0, 3, 1, 2), codebook_loss, commitment, counts)
 
     @torch.no_grad()
     def _restart(self, flat: torch.Tensor) -> None:
