@@ -61,7 +61,7 @@ def evaluate_images(model, images, labels=None, iws=(1, 10, 100, 1000), seed: in
     result = {"images": int(x.shape[0]), "binarized": model.binary_pixels, "eval_seed": seed}
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
-        iws, repeats = bound_plan(model, iws, repeats)
+        iws, repeats, _ = bound_plan(model, iws, repeats)
         result.update(elbo_terms(model, x, repeats, budget, y))
         result.update(_iwae_metrics(model, x, y, iws, lambda m: 1, budget, standard_errors=True))
     model.train(was_training)
@@ -83,12 +83,12 @@ def _iwae_metrics(model, x, y, iws, repeats_of, budget: int, standard_errors: bo
     return result
 
 
-def bound_plan(model, iws, repeats: int) -> tuple[tuple[int, ...], int]:
-    """The IWAE sample counts and ELBO repeats worth computing: for a deterministic posterior every draw is the same
-    point, so IWAE-m is the ELBO for every m and one draw per image gives the exact value."""
+def bound_plan(model, iws, nelbo_repeats: int, iwae_repeats=lambda m: 1) -> tuple[tuple[int, ...], int, object]:
+    """The IWAE sample counts, ELBO repeats and IWAE repeats per m worth computing: for a deterministic posterior every
+    draw is the same point, so IWAE-m is the ELBO for every m and one draw per image gives the exact value."""
     if model.spec.deterministic_posterior:
-        return (1,), 1
-    return tuple(iws), repeats
+        return (1,), 1, lambda m: 1
+    return tuple(iws), nelbo_repeats, iwae_repeats
 
 
 @torch.inference_mode()
@@ -139,7 +139,9 @@ def evaluate(model, test: data_mod.ImageSet, protocol: str = "cs236", iws=None, 
     log-weights and logsumexp stay float32. docs/performance.md gives the error each costs."""
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol {protocol!r}")
-    iws, nelbo_repeats = bound_plan(model, DEFAULT_IW[protocol] if iws is None else iws, NELBO_REPEATS[protocol])
+    # cs236 averages IWAE-m over max(100 // m, 1) repeats; full takes one estimate per image
+    iws, nelbo_repeats, repeats_of = bound_plan(model, DEFAULT_IW[protocol] if iws is None else iws, NELBO_REPEATS[protocol],
+                                                (lambda m: max(100 // m, 1)) if protocol == "cs236" else (lambda m: 1))
     binary = model.binary_pixels
     x, y = evaluation_set(protocol, test, binary)
     if compile:
@@ -164,7 +166,6 @@ def evaluate(model, test: data_mod.ImageSet, protocol: str = "cs236", iws=None, 
             # As the reference: every test image, pixels in [0, 1], whatever the protocol's bound subset.
             result["accuracy"] = accuracy(model, test.pixels(), test.labels)
             result["accuracy_images"] = len(test)
-        repeats_of = (lambda m: max(100 // m, 1)) if protocol == "cs236" and not model.spec.deterministic_posterior else (lambda m: 1)
         result.update(_iwae_metrics(bounded, x, y, iws, repeats_of, budget, standard_errors=protocol == "full", progress=progress))
         result.update(latent_diagnostics(model, x, y, progress))
     model.train(was_training)
