@@ -39,6 +39,8 @@ class DatasetSpec:
     remote_suffix: str = ""
     classes: tuple[str, ...] = tuple(str(d) for d in range(10))
     """The names of labels 0..9, for figures."""
+    image_shape: tuple[int, ...] = (28, 28)
+    """(H, W) or (C, H, W) of one image, known before the files are read (settings are checked against it)."""
 
     def candidates(self, base: str) -> tuple[str, ...]:
         return (base, base + ".gz") if self.format == "idx" else (base,)
@@ -98,12 +100,18 @@ DATASETS = {
             "test_32x32.mat": "md5:eb5a983be6a315427106f1b164d9cef3",
             "extra_32x32.mat": "md5:a93ce644f1a588dc4d68dda5feec44a7",
         },
+        image_shape=(3, 32, 32),
     ),
 }
 
 
 DATASET_NAMES = (*DATASETS, "dsprites")
 """Every dataset `load` knows: the downloaded ones and the generated dSprites."""
+
+
+def image_shape_of(dataset: str) -> tuple[int, ...]:
+    """The shape of one image of a dataset, without reading it."""
+    return (dsprites.SIZE, dsprites.SIZE) if dataset == "dsprites" else DATASETS[dataset].image_shape
 
 
 def default_cache_dir() -> Path:

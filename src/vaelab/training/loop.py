@@ -161,6 +161,9 @@ def train(cfg: RunConfig, run_dir: str | Path, progress: bool = True, resume: bo
     result is the same as an uninterrupted run. Under torchrun each process trains on its shard of
     every batch and only rank 0 writes (see vaelab.distributed)."""
     run_dir = Path(run_dir)
+    if cfg.data.dataset in data_mod.DATASET_NAMES:  # settings are checked against the dataset's image shape, not MNIST's
+        shape = data_mod.image_shape_of(cfg.data.dataset)
+        cfg.model.x_dim, cfg.model.image_shape = math.prod(shape), shape
     validate(cfg)
     ctx = distributed.setup(resolve_device(cfg.train.device))
     locks: list[runs.RunLock] = []
