@@ -100,6 +100,22 @@ def test_disentanglement_of_a_trained_run_and_its_labelled_traversal(tiny_factor
     assert len(rows) == 3 and all(any(name in row for name in dsprites.FACTOR_NAMES) for row in rows)
 
 
+def test_settings_are_checked_against_the_datasets_image_shape(tiny_factors, tmp_path, capsys):
+    """Four stride-2 convolutions fit 64 x 64 dSprites (64 divides by 2^4) though not MNIST's 28 x 28: the check before
+    the files are read must use the dataset's shape."""
+    from vaelab.cli import main
+
+    common = ["--data-dir", str(tmp_path), "--steps", "2", "--batch-size", "8", "--z-dim", "2", "--device", "cpu", "--no-progress",
+              "--net", "conv", "--set", "model.channels=4,4,8,8", "--set", "model.hidden=16"]
+    assert main(["train", "vae", "--dataset", "dsprites", *common, "--out", str(tmp_path / "conv-dsprites")]) == 0
+    assert (tmp_path / "conv-dsprites" / "model.safetensors").is_file()
+    capsys.readouterr()
+    assert main(["train", "vae", "--dataset", "mnist", *common, "--out", str(tmp_path / "conv-mnist")]) != 0
+    err = capsys.readouterr().err.strip()
+    assert err.splitlines() == [err] and "model.net" in err and "2^4" in err
+    assert not (tmp_path / "conv-mnist").exists()
+
+
 def test_disentanglement_needs_data_with_known_factors(tiny_data, tmp_path, capsys):
     from vaelab.cli import main
 
