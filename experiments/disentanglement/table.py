@@ -1,5 +1,6 @@
-"""The table of experiments/disentanglement: per model, the mean and the range over seeds of reconstruction, KL and
-the four metrics, from each run directory's eval-full.json and eval-disentanglement.json.
+"""The tables of experiments/disentanglement, from each run directory's eval-full.json and eval-disentanglement.json:
+per model the mean and the range over seeds of reconstruction, KL, active units and the metrics; then one row per
+run (the spread over seeds is the point of docs/reference.md section 3).
 
   python experiments/disentanglement/table.py [experiments/disentanglement]
 """
@@ -11,26 +12,40 @@ import sys
 from pathlib import Path
 
 ROWS = {"vae": "VAE (beta = 1)", "beta4": "beta-VAE, beta = 4", "beta16": "beta-VAE, beta = 16", "conv_beta4": "beta-VAE, beta = 4, conv"}
-COLUMNS = [("full", "rec"), ("full", "kl"), ("dis", "beta_vae"), ("dis", "factor_vae"), ("dis", "mig"), ("dis", "dci_disentanglement")]
+COLUMNS = [("Rec", "full", "rec", 1), ("KL", "full", "kl", 1), ("active units", "full", "active_units", 1),
+           ("beta-VAE metric", "dis", "beta_vae", 3), ("FactorVAE metric", "dis", "factor_vae", 3), ("MIG", "dis", "mig", 3),
+           ("DCI disentanglement", "dis", "dci_disentanglement", 3), ("DCI informativeness", "dis", "dci_informativeness", 3)]
+
+
+def results(root: Path, name: str) -> list[tuple[str, dict]]:
+    runs = sorted(p for p in root.glob(f"{name}-seed*") if (p / "eval-disentanglement.json").is_file())
+    return [(p.name, {"full": json.loads((p / "eval-full.json").read_text()), "dis": json.loads((p / "eval-disentanglement.json").read_text())})
+            for p in runs]
 
 
 def main() -> None:
     root = Path(sys.argv[1] if len(sys.argv) > 1 else Path(__file__).resolve().parent)
-    print("| model | seeds | Rec | KL | beta-VAE metric | FactorVAE metric | MIG | DCI disentanglement |")
-    print("|---|---|---|---|---|---|---|---|")
+    header = " | ".join(title for title, *_ in COLUMNS)
+    print(f"| model | seeds | {header} |")
+    print("|---|---|" + "---|" * len(COLUMNS))
     for name, label in ROWS.items():
-        runs = sorted(p for p in root.glob(f"{name}-seed*") if (p / "eval-disentanglement.json").is_file())
-        if not runs:
-            print(f"| {label} | not run | | | | | | |")
+        found = results(root, name)
+        if not found:
+            print(f"| {label} | not run |" + " |" * len(COLUMNS))
             continue
-        results = [{"full": json.loads((p / "eval-full.json").read_text()), "dis": json.loads((p / "eval-disentanglement.json").read_text())}
-                   for p in runs]
         cells = []
-        for source, key in COLUMNS:
-            values = [r[source][key] for r in results]
-            digits = 1 if source == "full" else 3
+        for _, source, key, digits in COLUMNS:
+            values = [r[source][key] for _, r in found]
             cells.append(f"{sum(values) / len(values):.{digits}f} ({min(values):.{digits}f}-{max(values):.{digits}f})")
-        print(f"| {label} | {len(runs)} | " + " | ".join(cells) + " |")
+        print(f"| {label} | {len(found)} | " + " | ".join(cells) + " |")
+    print()
+    print(f"| run | {header} | MIG per factor (shape, scale, orientation, x, y) |")
+    print("|---|" + "---|" * (len(COLUMNS) + 1))
+    for name in ROWS:
+        for run, r in results(root, name):
+            cells = [f"{r[source][key]:.{digits}f}" if isinstance(r[source][key], float) else str(r[source][key])
+                     for _, source, key, digits in COLUMNS]
+            print(f"| {run} | " + " | ".join(cells) + " | " + ", ".join(f"{g:.3f}" for g in r["dis"]["mig_per_factor"]) + " |")
 
 
 if __name__ == "__main__":

@@ -45,12 +45,14 @@ def beta_vae_score(data: FactorData, represent: Represent, rng: np.random.Genera
     from sklearn.linear_model import LogisticRegression
 
     def points(n: int) -> tuple[np.ndarray, np.ndarray]:
-        features, labels = [], rng.integers(len(data.factor_sizes), size=n)
+        pairs, labels = [], rng.integers(len(data.factor_sizes), size=n)
         for k in labels:
             first, second = data.sample_factors(batch, rng), data.sample_factors(batch, rng)
             second[:, k] = first[:, k]
-            features.append(np.abs(represent(first) - represent(second)).mean(0))
-        return np.stack(features), labels
+            pairs.append(np.stack([first, second]))
+        pairs = np.stack(pairs)  # (n, 2, batch, K); encoded at once: batches of 64 images keep a conv encoder idle
+        codes = represent(pairs.reshape(-1, pairs.shape[-1])).reshape(n, 2, batch, -1)
+        return np.abs(codes[:, 0] - codes[:, 1]).mean(1), labels
 
     x_train, y_train = points(train)
     x_eval, y_eval = points(evaluate)
@@ -68,12 +70,15 @@ def factor_vae_score(data: FactorData, represent: Represent, rng: np.random.Gene
     factors = len(data.factor_sizes)
 
     def votes(n: int) -> np.ndarray:
-        counts = np.zeros((len(scale), factors), dtype=np.int64)
-        for k in rng.integers(factors, size=n):
+        fixed, groups = rng.integers(factors, size=n), []
+        for k in fixed:
             values = data.sample_factors(batch, rng)
             values[:, k] = values[0, k]
-            variance = np.var(represent(values) / np.where(active, scale, 1.0), axis=0, ddof=1)
-            counts[np.flatnonzero(active)[np.argmin(variance[active])], k] += 1
+            groups.append(values)
+        codes = represent(np.concatenate(groups)).reshape(n, batch, -1)
+        variance = np.var(codes / np.where(active, scale, 1.0), axis=1, ddof=1)  # (n, d)
+        counts = np.zeros((len(scale), factors), dtype=np.int64)
+        np.add.at(counts, (np.flatnonzero(active)[np.argmin(variance[:, active], axis=1)], fixed), 1)
         return counts
 
     train_votes, eval_votes = votes(train), votes(evaluate)
