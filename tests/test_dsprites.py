@@ -97,7 +97,7 @@ def test_disentanglement_of_a_trained_run_and_its_labelled_traversal(tiny_factor
     assert np.array(result["code_factor_information"]).shape == (3, 5)
     assert main(["plot", str(run), "--kind", "traversal", "--device", "cpu"]) == 0
     rows = [t.get_text() for t in captured[0].axes[0].get_yticklabels()]
-    assert len(rows) == 3 and all(any(name in row for name in dsprites.FACTOR_NAMES) for row in rows)
+    assert len(rows) == 3 and all("(KL " in row and any(name in row for name in (*dsprites.FACTOR_NAMES, "inactive")) for row in rows)
 
 
 def test_settings_are_checked_against_the_datasets_image_shape(tiny_factors, tmp_path, capsys):

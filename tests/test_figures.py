@@ -23,6 +23,16 @@ def test_traversal_names_each_latent_and_value(captured):
     assert captured[0].get_size_inches()[0] * captured[0].dpi >= 300
 
 
+def test_traversal_rows_show_each_latents_kl_and_mark_the_inactive_ones(captured):
+    """A dimension with no KL carries nothing, whatever binned information its factor note claims: its row says so."""
+    model = build_model(model_config(z_dim=3, hidden=(8,))).eval()
+    notes = ["position_x 0.9 nats", "shape 0.3 nats", "scale 0.2 nats"]
+    figures.traversal_figure(model, torch.bernoulli(torch.rand(4, 784)), "t.png", "run", steps=3, notes=notes,
+                             kl={"z": torch.tensor([2.31, 0.004, 0.5])})
+    _, rows = _texts(captured[0].axes[0])
+    assert rows == ["z[0] (KL 2.31): position_x 0.9 nats", "z[1] (KL 0.00): inactive", "z[2] (KL 0.50): scale 0.2 nats"]
+
+
 def test_interpolation_names_its_end_points_and_t(captured):
     model = build_model(model_config(z_dim=3, hidden=(8,))).eval()
     figures.interpolation_figure(model, torch.bernoulli(torch.rand(8, 784)), "i.png", "run: interpolation", pairs=4, steps=3)

@@ -175,7 +175,8 @@ def cmd_plot(args) -> int:
         elif args.kind == "traversal":
             scores = args.run_dir / "eval-disentanglement.json"  # rows then name the factor each latent captures best
             notes = figures.factor_notes(json.loads(scores.read_text())) if scores.is_file() else None
-            figures.traversal_figure(model, x, out, f"{args.run_dir.name} ({label}): one latent varied per row", y=y, notes=notes)
+            kl = evaluation.kl_per_dimension(model, x[: args.images], None if y is None else y[: args.images])
+            figures.traversal_figure(model, x, out, f"{args.run_dir.name} ({label}): one latent varied per row", y=y, notes=notes, kl=kl)
         elif args.kind == "lossy":
             figures.lossy_codes_figure(model, x, out, f"{args.run_dir.name} ({label}): what the code keeps", y=y)
         elif args.kind == "latents":

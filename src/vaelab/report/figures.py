@@ -150,14 +150,28 @@ def factor_notes(disentanglement: dict) -> list[str]:
     return [f"{names[max(range(len(row)), key=row.__getitem__)]} {max(row):.2g} nats" for row in disentanglement["code_factor_information"]]
 
 
+INACTIVE_KL = 0.01
+"""nats: a latent dimension whose mean KL is below this carries (almost) nothing; its traversal row is marked so."""
+
+
 def traversal_figure(model, x: torch.Tensor, path, title: str, span: float = 3.0, steps: int = 9, y=None,
-                     notes: list[str] | None = None) -> Path:
-    """notes: one per latent dimension, added to its row's label (the factor it captures: factor_notes)."""
+                     notes: list[str] | None = None, kl: dict[str, torch.Tensor] | None = None) -> Path:
+    """notes: one per latent dimension, added to its row's label (the factor it captures: factor_notes); kl: the
+    mean KL per dimension of each latent group (kl_per_dimension), shown per row, and inactive rows say so instead
+    (binned information between a near-constant code and a factor is not zero, so its note would mislead)."""
     codes = model.encode(model_batch(model, x, y, 0, 1))
     images = traversal(model, x, span, steps, y, codes)
     name = _continuous(codes)
     values = torch.linspace(-span, span, steps).tolist()
-    rows = [f"{name}[{j}]" + (f": {notes[j]}" if notes and j < len(notes) else "") for j in range(images.shape[0])]
+    dims = (kl or {}).get(name)
+    rows = []
+    for j in range(images.shape[0]):
+        note = notes[j] if notes and j < len(notes) else ""
+        label = f"{name}[{j}]"
+        if dims is not None and len(dims) == images.shape[0]:
+            label += f" (KL {float(dims[j]):.2f})"
+            note = "inactive" if float(dims[j]) < INACTIVE_KL else note
+        rows.append(label + (f": {note}" if note else ""))
     return labelled_grid(path, images, tuple(model.config.image_shape), title,
                          row_labels=rows, col_labels=[f"{v:+.2g}" for v in values],
                          xlabel="value of the latent (the others at the posterior mean of one test image)",
