@@ -1,4 +1,4 @@
-"""The tables of experiments/disentanglement, from each run directory's eval-full.json and eval-disentanglement.json:
+"""The tables of experiments/disentanglement, from each run directory's eval-full.json, eval-disentanglement.json and summary.json:
 per model the mean and the range over seeds of reconstruction, KL, active units and the metrics; then one row per
 run (the spread over seeds is the point of docs/reference.md section 3).
 
@@ -14,13 +14,14 @@ from pathlib import Path
 ROWS = {"vae": "VAE (beta = 1)", "beta4": "beta-VAE, beta = 4", "beta16": "beta-VAE, beta = 16", "conv_beta4": "beta-VAE, beta = 4, conv"}
 COLUMNS = [("Rec", "full", "rec", 1), ("KL", "full", "kl", 1), ("active units", "full", "active_units", 1),
            ("beta-VAE metric", "dis", "beta_vae", 3), ("FactorVAE metric", "dis", "factor_vae", 3), ("MIG", "dis", "mig", 3),
-           ("DCI disentanglement", "dis", "dci_disentanglement", 3), ("DCI informativeness", "dis", "dci_informativeness", 3)]
+           ("DCI disentanglement", "dis", "dci_disentanglement", 3), ("DCI informativeness", "dis", "dci_informativeness", 3),
+           ("train s", "summary", "train_seconds", 0), ("metrics s", "dis", "seconds", 0)]
 
 
 def results(root: Path, name: str) -> list[tuple[str, dict]]:
     runs = sorted(p for p in root.glob(f"{name}-seed*") if (p / "eval-disentanglement.json").is_file())
-    return [(p.name, {"full": json.loads((p / "eval-full.json").read_text()), "dis": json.loads((p / "eval-disentanglement.json").read_text())})
-            for p in runs]
+    return [(p.name, {"full": json.loads((p / "eval-full.json").read_text()), "dis": json.loads((p / "eval-disentanglement.json").read_text()),
+                      "summary": json.loads((p / "summary.json").read_text())}) for p in runs]
 
 
 def main() -> None:
