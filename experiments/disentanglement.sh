@@ -8,7 +8,7 @@
 # traversal whose rows name the factor each latent carries.
 # Results (config, metrics, eval JSON, figures; not weights) go to experiments/disentanglement/<name>-seed<S>/.
 # Usage: bash experiments/disentanglement.sh [DATA_DIR] [NAMES...]; names: vae beta4 beta16 conv_beta4 (default all);
-# SEEDS="0 1 2" (the seeds to run, default those three), STEPS=N (default 30000, batch 64 as Higgins et al.),
+# SEEDS="0 1 2" (the seeds to run, default those three), STEPS=N (default 15000, the measured budget; batch 64 as Higgins et al.),
 # DEVICE=cpu|cuda (default auto).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,7 +16,7 @@ data_dir=${1:-${VAELAB_DATA:-../shared/data}}
 shift || true
 names=${*:-vae beta4 beta16 conv_beta4}
 seeds=${SEEDS:-0 1 2}
-steps=${STEPS:-30000}
+steps=${STEPS:-15000}
 device=${DEVICE:-auto}
 out=experiments/disentanglement
 mkdir -p "$out"
