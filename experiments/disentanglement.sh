@@ -9,7 +9,9 @@
 # Results (config, metrics, eval JSON, figures; not weights) go to experiments/disentanglement/<name>-seed<S>/.
 # Usage: bash experiments/disentanglement.sh [DATA_DIR] [NAMES...]; names: vae beta4 beta16 conv_beta4 (default all);
 # SEEDS="0 1 2" (the seeds to run, default those three), STEPS=N (default 15000, the measured budget; batch 64 as Higgins et al.),
-# DEVICE=cpu|cuda (default auto).
+# DEVICE=cpu|cuda (default auto). EXTEND=N trains the existing runs/dsprites_<name>-seed<S> on to N steps instead
+# (`vaelab train --resume RUN --steps N`: the same runs at a longer budget) and writes to
+# experiments/disentanglement/steps<N>/<name>-seed<S>/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 data_dir=${1:-${VAELAB_DATA:-../shared/data}}
@@ -18,6 +20,7 @@ names=${*:-vae beta4 beta16 conv_beta4}
 seeds=${SEEDS:-0 1 2}
 steps=${STEPS:-15000}
 device=${DEVICE:-auto}
+extend=${EXTEND:-}
 out=experiments/disentanglement
 mkdir -p "$out"
 
@@ -31,11 +34,18 @@ for name in $names; do
   esac
   for seed in $seeds; do
     run=runs/dsprites_$name-seed$seed
-    dest=$out/$name-seed$seed
-    rm -rf "$run"
-    mkdir -p "$dest"
-    vaelab train "${model[@]}" --dataset dsprites --z-dim 10 --batch-size 64 --steps "$steps" --seed "$seed" --device "$device" \
-      --data-dir "$data_dir" --out "$run" --no-progress | tee "$dest/train.txt"
+    if [ -n "$extend" ]; then
+      [ -f "$run/config.json" ] || { echo "disentanglement.sh: EXTEND=$extend needs the earlier run $run" >&2; exit 2; }
+      dest=$out/steps$extend/$name-seed$seed
+      mkdir -p "$dest"
+      vaelab train --resume "$run" --steps "$extend" --device "$device" --no-progress | tee "$dest/train.txt"
+    else
+      dest=$out/$name-seed$seed
+      rm -rf "$run"
+      mkdir -p "$dest"
+      vaelab train "${model[@]}" --dataset dsprites --z-dim 10 --batch-size 64 --steps "$steps" --seed "$seed" --device "$device" \
+        --data-dir "$data_dir" --out "$run" --no-progress | tee "$dest/train.txt"
+    fi
     vaelab eval "$run" --protocol full --iw 1 --device "$device" | tee "$dest/eval-full.txt"
     vaelab eval "$run" --disentanglement --seed "$seed" --device "$device" | tee "$dest/eval-disentanglement.txt"
     vaelab plot "$run" --kind traversal --device "$device"
