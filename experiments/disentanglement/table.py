@@ -29,8 +29,9 @@ def main() -> None:
     header = " | ".join(title for title, *_ in COLUMNS)
     print(f"| model | seeds | {header} |")
     print("|---|---|" + "---|" * len(COLUMNS))
+    found_by_name = {name: results(root, name) for name in ROWS}
     for name, label in ROWS.items():
-        found = results(root, name)
+        found = found_by_name[name]
         if not found:
             print(f"| {label} | not run |" + " |" * len(COLUMNS))
             continue
@@ -42,8 +43,8 @@ def main() -> None:
     print()
     print(f"| run | {header} | MIG per factor (shape, scale, orientation, x, y) |")
     print("|---|" + "---|" * (len(COLUMNS) + 1))
-    for name in ROWS:
-        for run, r in results(root, name):
+    for found in found_by_name.values():
+        for run, r in found:
             cells = [f"{r[source][key]:.{digits}f}" if isinstance(r[source][key], float) else str(r[source][key])
                      for _, source, key, digits in COLUMNS]
             print(f"| {run} | " + " | ".join(cells) + " | " + ", ".join(f"{g:.3f}" for g in r["dis"]["mig_per_factor"]) + " |")

@@ -168,9 +168,9 @@ def traversal_figure(model, x: torch.Tensor, path, title: str, span: float = 3.0
     for j in range(images.shape[0]):
         note = notes[j] if notes and j < len(notes) else ""
         label = f"{name}[{j}]"
-        if dims is not None and len(dims) == images.shape[0]:
+        if dims is not None:
             label += f" (KL {float(dims[j]):.2f})"
-            note = "inactive" if float(dims[j]) < INACTIVE_KL else note
+            note = "inactive" if dims[j] < INACTIVE_KL else note
         rows.append(label + (f": {note}" if note else ""))
     return labelled_grid(path, images, tuple(model.config.image_shape), title,
                          row_labels=rows, col_labels=[f"{v:+.2g}" for v in values],

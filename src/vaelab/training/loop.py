@@ -187,7 +187,7 @@ def _train(cfg: RunConfig, run_dir: Path, progress: bool, resume: bool, ctx: dis
     # Everything that can fail on user input happens before the run directory is created.
     train_set = data_mod.load(cfg.data.dataset, "train", cfg.data.data_dir, device, cfg.data.download)
     cfg.model.x_dim, cfg.model.image_shape = train_set.x_dim, train_set.image_shape
-    validate(cfg)  # again: the image shape is the dataset's now (conv nets need sides that halve)
+    validate(cfg)  # again with the shape the files have, should they differ from the one the dataset declares
     torch.manual_seed(cfg.train.seed)
     batches = Batches(train_set, cfg, model_class(cfg.model.name).spec.labels, cfg.model.binary_pixels, device)
     if batches.labelled is not None:
