@@ -9,6 +9,7 @@ of them. Backend: nccl on CUDA, gloo on CPU.
 
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass
 
@@ -80,9 +81,19 @@ def setup(device: torch.device) -> Context:
     return Context(rank=rank, world_size=world_size, device=device)
 
 
-def teardown(ctx: Context) -> None:
-    if ctx.active and dist.is_initialized():
-        dist.destroy_process_group()
+def teardown(ctx: Context, finished: bool) -> None:
+    """Leave the process group. After a finished run every process first waits for the others (rank 0
+    still writes weights and summary after the last step), then the last references to the group (the
+    DistributedDataParallel reducer sits in reference cycles) are freed while the interpreter is whole.
+    Without the two, about one two-process gloo run in twenty aborted at exit on 2 CPU cores ("terminate
+    called without an active exception"); with them none in 100. After an error there is no barrier:
+    the other processes may never reach it."""
+    if not (ctx.active and dist.is_initialized()):
+        return
+    if finished:
+        dist.barrier()
+    gc.collect()
+    dist.destroy_process_group()
 
 
 def check_divisible(ctx: Context, batch_size: int, what: str = "train.batch_size") -> None:

@@ -169,14 +169,17 @@ def train(cfg: RunConfig, run_dir: str | Path, progress: bool = True, resume: bo
     locks: list[runs.RunLock] = []
     stop = StopRequest()
     threads = torch.get_num_threads()
+    finished = False
     try:
-        return _train(cfg, run_dir, progress, resume, ctx, locks, stop)
+        summary = _train(cfg, run_dir, progress, resume, ctx, locks, stop)
+        finished = True
+        return summary
     finally:
         torch.set_num_threads(threads)  # a Python session that trains goes on with the threads it had
         stop.restore()
         for lock in locks:
             lock.release()
-        distributed.teardown(ctx)
+        distributed.teardown(ctx, finished)
 
 
 def _train(cfg: RunConfig, run_dir: Path, progress: bool, resume: bool, ctx: distributed.Context,
