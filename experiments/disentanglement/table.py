@@ -1,5 +1,5 @@
 """The tables of experiments/disentanglement, from each run directory's eval-full.json, eval-disentanglement.json and summary.json:
-per model the mean and the range over seeds of reconstruction, KL, active units and the metrics; then one row per
+per model the mean and the range over seeds (the value alone for one seed) of reconstruction, KL, active units and the metrics; then one row per
 run (the spread over seeds is the point of docs/reference.md section 3).
 
   python experiments/disentanglement/table.py [experiments/disentanglement]
@@ -38,7 +38,8 @@ def main() -> None:
         cells = []
         for _, source, key, digits in COLUMNS:
             values = [r[source][key] for _, r in found]
-            cells.append(f"{sum(values) / len(values):.{digits}f} ({min(values):.{digits}f}-{max(values):.{digits}f})")
+            mean = f"{sum(values) / len(values):.{digits}f}"
+            cells.append(mean if len(values) == 1 else f"{mean} ({min(values):.{digits}f}-{max(values):.{digits}f})")
         print(f"| {label} | {len(found)} | " + " | ".join(cells) + " |")
     print()
     print(f"| run | {header} | MIG per factor (shape, scale, orientation, x, y) |")
