@@ -169,17 +169,14 @@ def train(cfg: RunConfig, run_dir: str | Path, progress: bool = True, resume: bo
     locks: list[runs.RunLock] = []
     stop = StopRequest()
     threads = torch.get_num_threads()
-    finished = False
     try:
-        summary = _train(cfg, run_dir, progress, resume, ctx, locks, stop)
-        finished = True
-        return summary
+        return _train(cfg, run_dir, progress, resume, ctx, locks, stop)
     finally:
         torch.set_num_threads(threads)  # a Python session that trains goes on with the threads it had
         stop.restore()
         for lock in locks:
             lock.release()
-        distributed.teardown(ctx, finished)
+        distributed.teardown(ctx)
 
 
 def _train(cfg: RunConfig, run_dir: Path, progress: bool, resume: bool, ctx: distributed.Context,
@@ -372,5 +369,8 @@ def _train(cfg: RunConfig, run_dir: Path, progress: bool, resume: bool, ctx: dis
     }
     if main:
         files.atomic_write_text(run_dir / runs.SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
+    # The other processes wait while rank 0 writes, so none exits with a peer still connected (see
+    # distributed.teardown). Only a finished run gets here: after an error a peer may never arrive.
+    ctx.wait_for_all()
     return summary
 
