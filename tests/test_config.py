@@ -117,3 +117,74 @@ def test_config_json_that_is_not_sections_of_settings_is_one_error(tmp_path, tex
     path.write_text(text)
     with pytest.raises(ConfigError, match="config.json"):
         load_json(path)
+
+
+@pytest.mark.parametrize("value, hidden", [("[32,32]", (32, 32)), ("[32, 32]", (32, 32)), ("(32, 32)", (32, 32)), ("32,32", (32, 32)),
+                                           ("[64]", (64,)), ("64", (64,)), ("[]", ()), ("()", ())])
+def test_a_list_setting_is_read_with_or_without_brackets(value, hidden):
+    cfg = RunConfig()
+    set_key(cfg, "model.hidden", value)
+    assert cfg.model.hidden == hidden
+    validate(cfg)
+
+
+@pytest.mark.parametrize("value", ["[32", "32]", "(32, 32", "[32,a]"])
+def test_a_malformed_list_setting_is_an_error_naming_the_key(value):
+    with pytest.raises(ConfigError, match=r"model\.hidden: "):
+        set_key(RunConfig(), "model.hidden", value)
+
+
+def test_lists_in_toml_and_json_are_read(tmp_path):
+    preset = tmp_path / "p.toml"
+    preset.write_text('[model]\nname = "vae"\nhidden = [32, 16]\n')
+    assert load_preset(str(preset)).model.hidden == (32, 16)
+    path = tmp_path / "config.json"
+    path.write_text('{"model": {"name": "vae", "hidden": [8, 4]}}')
+    assert load_json(path).model.hidden == (8, 4)
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("train.lr", "inf", "must be a finite number"), ("train.lr", "nan", "must be a finite number"),
+    ("train.lr", "11", "must be > 0 and <= 10"), ("objective.beta", "inf", "must be a finite number"),
+    ("objective.free_bits", "inf", "must be a finite number"), ("model.decoder_variance", "1e-300", r"must be in \[1e-06, 1e\+06\]"),
+    ("model.decoder_variance", "1e9", r"must be in \[1e-06, 1e\+06\]"), ("train.checkpoint_seconds", "inf", "must be a finite number"),
+    ("train.max_loss_per_element", "nan", "must be a finite number"), ("train.grad_clip", "-inf", "must be a finite number"),
+])
+def test_infinite_nan_and_absurd_values_are_refused_by_name(key, value, message):
+    cfg = RunConfig()
+    set_key(cfg, key, value)
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.") + ": " + message):
+        validate(cfg)
+
+
+def test_every_float_setting_of_every_model_must_be_finite():
+    """Walks the fields of every section and of each model's own Config: no float setting escapes the check."""
+    import dataclasses
+
+    from vaelab.models import MODELS
+
+    checked = set()
+    for name in MODELS:
+        base = RunConfig()
+        set_key(base, "model.name", name)
+        for section in ("model", "objective", "data", "train"):
+            for f in dataclasses.fields(getattr(base, section)):
+                if not isinstance(getattr(getattr(base, section), f.name), float):
+                    continue
+                for bad in ("nan", "inf"):
+                    cfg = RunConfig()
+                    set_key(cfg, "model.name", name)
+                    set_key(cfg, f"{section}.{f.name}", bad)
+                    with pytest.raises(ConfigError, match=rf"^{section}\.{f.name}: must be a finite number \(got {bad}\)"):
+                        validate(cfg)
+                checked.add(f"{section}.{f.name}")
+    assert {"train.lr", "objective.beta", "model.decoder_variance", "model.commitment_weight"} <= checked
+
+
+def test_an_infinite_option_is_one_line_before_the_run_directory_exists(tiny_data, tmp_path, capsys):
+    from vaelab.cli import main
+
+    run = tmp_path / "run"
+    assert main(["train", "vae", "--lr", "inf", "--steps", "5", "--data-dir", str(tiny_data), "--out", str(run), "--no-progress"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["vaelab train: error: train.lr: must be a finite number (got inf)"] and not run.exists()

@@ -54,7 +54,7 @@ def test_the_cache_is_written_once_read_back_and_checked(small, tmp_path):
     assert len(test) == 10 and len(train) == 90 and test.image_shape == (64, 64)
     assert test.factors.shape == (10, 5) and np.array_equal(test.labels.numpy(), test.factors[:, 0].numpy())
     expected = dsprites.render(test.factors.numpy())
-    assert np.array_equal(test.images.numpy(), expected)  # what was cached is what the factors draw
+    assert np.array_equal(test.uint8().numpy(), expected)  # what was cached is what the factors draw
     cache = tmp_path / "dsprites" / dsprites.CACHE_NAME
     raw = bytearray(cache.read_bytes())
     raw[-1] ^= 1

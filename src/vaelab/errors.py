@@ -1,5 +1,6 @@
 """Error types. Every error a user can cause derives from VaelabError; the CLI prints it as one line."""
 
+import operator
 import sys
 
 
@@ -34,3 +35,20 @@ class TrainingInterrupted(VaelabError):
     def __init__(self, message: str, signum: int):
         super().__init__(message)
         self.exit_code = 128 + signum  # the shell's convention: 130 for SIGINT, 143 for SIGTERM
+
+
+class ArgumentError(VaelabError, ValueError):
+    """An argument of the Python API out of its range (a negative count, too few points); also a ValueError, as
+    Python's own checks of an argument are."""
+
+
+def require_count(value, name: str, minimum: int = 1) -> int:
+    """`value` as an int of at least `minimum`, else an ArgumentError naming `name` and the minimum. Counts that
+    reach torch unchecked fail deep inside it (a negative size, a division by zero) with no word of which argument."""
+    try:
+        number = operator.index(value)
+    except TypeError:
+        number = None
+    if number is None or isinstance(value, bool) or number < minimum:
+        raise ArgumentError(f"{name}: expected an integer >= {minimum}, got {value!r}")
+    return number

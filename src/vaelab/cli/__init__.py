@@ -1,7 +1,8 @@
 """The `vaelab` command: train, eval, sample, plot, compare and reproduce.
 
 Errors a user can cause (missing data, corrupt files, bad options, an occupied run directory) end
-with one line on stderr naming the file or option, and a non-zero exit code.
+with one line on stderr naming the file or option, and a non-zero exit code; so does an OSError no
+layer below turned into a VaelabError (a permission, a full disk), naming its file.
 parser.py holds the options, commands.py what each command does.
 """
 
@@ -12,6 +13,7 @@ import sys
 from ..errors import TrainingInterrupted, VaelabError
 from .commands import cmd_compare, cmd_eval, cmd_plot, cmd_reproduce, cmd_sample, cmd_train
 from .parser import PLOT_KINDS, TRAIN_FLAGS, build_parser
+from .paths import os_error_line
 
 COMMANDS = {"train": cmd_train, "eval": cmd_eval, "sample": cmd_sample, "plot": cmd_plot, "compare": cmd_compare, "reproduce": cmd_reproduce}
 
@@ -30,7 +32,9 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print(f"vaelab {args.command}: interrupted", file=sys.stderr)
         return 130
-
+    except OSError as exc:  # the last resort: the places that write name the file more precisely
+        print(f"vaelab {args.command}: error: {os_error_line(exc)}", file=sys.stderr)
+        return 1
 
 
 __all__ = ["main", "build_parser", "COMMANDS", "TRAIN_FLAGS", "PLOT_KINDS"]

@@ -13,9 +13,11 @@ import torch
 from ..errors import VaelabError
 from ..training.config import load_preset, parse_override, run_label, set_key
 from .parser import TRAIN_FLAGS
+from .paths import distinct, output_file, output_folder, written
 
 def cmd_train(args) -> int:
-    from ..training import load_json, train
+    from ..errors import ConfigError
+    from ..training import load_json, train, validate
     from ..training.runs import CONFIG_FILE
 
     if args.resume is not None:
@@ -28,6 +30,10 @@ def cmd_train(args) -> int:
         if not (args.resume / CONFIG_FILE).is_file():
             raise VaelabError(f"--resume: {args.resume} is not a vaelab run directory (no {CONFIG_FILE})")
         cfg = load_json(args.resume / CONFIG_FILE)
+        try:  # an edited config.json is checked as it is read, naming the file
+            validate(cfg)
+        except ConfigError as exc:
+            raise ConfigError(f"{args.resume / CONFIG_FILE}: {exc}") from None
         for flag in allowed:
             if getattr(args, flag) is not None:
                 set_key(cfg, TRAIN_FLAGS[flag], getattr(args, flag))
@@ -65,31 +71,39 @@ def _report_training(summary: dict, run_dir) -> int:
 
 
 def _load(args):
+    return _load_weights(args)[:4]
+
+
+def _load_weights(args):
+    """_load, plus which weights were read (file, step, sha256), for an evaluation to record."""
     from .. import data as data_mod
     from ..devices import resolve_device
-    from ..training.runs import load_run
+    from ..training.runs import load_run_weights
 
     device = resolve_device(args.device)
-    model, cfg = load_run(args.run_dir, device)
+    model, cfg, weights = load_run_weights(args.run_dir, device)
     data_dir = args.data_dir or cfg.data.data_dir
-    return model, cfg, device, lambda: data_mod.load(cfg.data.dataset, "test", data_dir, device, cfg.data.download)
+    return model, cfg, device, lambda: data_mod.load(cfg.data.dataset, "test", data_dir, device, cfg.data.download), weights
 
 
 def cmd_eval(args) -> int:
     from ..evaluation import evaluate
-    from ..training.files import atomic_write_text
+    from ..report.compare import COMPUTED_ON
 
-    model, cfg, _, load_test = _load(args)
+    if args.disentanglement:  # checked before the weights are read
+        from ..evaluation.disentanglement import check_metric_points
+
+        check_metric_points(args.metric_points, "--metric-points")
+    model, cfg, _, load_test, weights = _load_weights(args)
     if args.disentanglement:
-        return _eval_disentanglement(args, model, cfg)
+        return _eval_disentanglement(args, model, cfg, weights)
     if args.protocol == "cs236" and cfg.data.dataset != "mnist":
         raise VaelabError(f"--protocol cs236 is defined on MNIST's test subset; {args.run_dir} was trained on {cfg.data.dataset}: use --protocol full")
     say = None if args.json else (lambda label: print(f"  {label} ...", file=sys.stderr, flush=True))
     result = evaluate(model, load_test(), args.protocol, args.iw, args.seed, args.budget, progress=say, compile=args.compile,
                       precision=args.precision)
-    result = {"run": str(args.run_dir), "model": cfg.model.name, "label": run_label(cfg), "dataset": cfg.data.dataset, **result}
-    if not args.no_save:
-        atomic_write_text(args.run_dir / f"eval-{args.protocol}.json", json.dumps(result, indent=2) + "\n")
+    result = {"run": str(args.run_dir), "model": cfg.model.name, "label": run_label(cfg), "dataset": cfg.data.dataset,
+              COMPUTED_ON: weights, **result}
     if args.json:
         print(json.dumps(result))
     else:
@@ -116,56 +130,75 @@ def cmd_eval(args) -> int:
                 print(f"  ELBO surgery{suffix.replace('_', ' of ')} on {result['surgery_images']} images: I(x; z) {value:.2f} "
                       f"(at most log N = {math.log(result['surgery_images']):.2f}), marginal KL(q(z) || p(z)) {result['marginal_kl' + suffix]:.2f}")
         print(f"  ({result['seconds']:.1f} s)")
+    return _save_result(args, f"eval-{args.protocol}.json", result)
+
+
+def _save_result(args, name: str, result: dict) -> int:
+    """RUN_DIR/<name>, written after the results are printed: a run directory that cannot be written then costs
+    the file, not the evaluation (one error line after the results, exit 1)."""
+    from ..training.files import atomic_write_text
+
+    if not args.no_save:
+        sys.stdout.flush()
+        atomic_write_text(args.run_dir / name, json.dumps(result, indent=2) + "\n")
     return 0
 
 
-def _eval_disentanglement(args, model, cfg) -> int:
+def _eval_disentanglement(args, model, cfg, weights) -> int:
     from ..data import factor_data
     from ..evaluation.disentanglement import evaluate_disentanglement
-    from ..training.files import atomic_write_text
+    from ..report.compare import COMPUTED_ON
 
     factors = factor_data(cfg.data.dataset, args.data_dir or cfg.data.data_dir)
     result = {"run": str(args.run_dir), "model": cfg.model.name, "label": run_label(cfg), "dataset": cfg.data.dataset,
-              **evaluate_disentanglement(model, factors, args.seed, args.metric_points)}
-    if not args.no_save:
-        atomic_write_text(args.run_dir / "eval-disentanglement.json", json.dumps(result, indent=2) + "\n")
+              COMPUTED_ON: weights, **evaluate_disentanglement(model, factors, args.seed, args.metric_points)}
     if args.json:
         print(json.dumps(result))
-        return 0
+        return _save_result(args, "eval-disentanglement.json", result)
     print(f"{run_label(cfg)} on {cfg.data.dataset}: disentanglement ({args.metric_points} training points per metric)")
     print(f"  beta-VAE metric {result['beta_vae']:.3f}   FactorVAE metric {result['factor_vae']:.3f}   MIG {result['mig']:.3f}")
     print(f"  DCI disentanglement {result['dci_disentanglement']:.3f}   completeness {result['dci_completeness']:.3f}   "
           f"informativeness {result['dci_informativeness']:.3f}")
     print("  MIG per factor: " + ", ".join(f"{name} {gap:.3f}" for name, gap in zip(result["factors"], result["mig_per_factor"])))
     print(f"  ({result['seconds']:.1f} s)")
-    return 0
+    return _save_result(args, "eval-disentanglement.json", result)
 
 
 def cmd_sample(args) -> int:
     from ..report.figures import write_sample_grids
 
     model, cfg, _, load_test = _load(args)
-    written = write_sample_grids(model, cfg, None if args.no_recon else load_test(), args.out or args.run_dir / "samples.png",
-                                 args.recon_out or args.run_dir / "reconstructions.png", n=args.n, ncol=args.ncol,
-                                 seed=args.seed, mode=args.mode, recon_n=args.recon_n)
-    for path in written:
+    targets = [output_file(args.out, args.run_dir / "samples.png", "--out")]
+    if not args.no_recon:
+        targets.append(output_file(args.recon_out, args.run_dir / "reconstructions.png", "--recon-out"))
+        distinct(**{"--out": targets[0], "--recon-out": targets[1]})
+    with written(*targets) as partial:
+        write_sample_grids(model, cfg, None if args.no_recon else load_test(), partial[0], partial[-1], n=args.n, ncol=args.ncol,
+                           seed=args.seed, mode=args.mode, recon_n=args.recon_n)
+    for path in targets:
         print(f"wrote {path}")
     return 0
 
 
 def cmd_plot(args) -> int:
+    target = output_file(args.out, args.run_dir / f"{args.kind}.png", "--out")
+    with written(target) as (out,):
+        _draw_plot(args, out)
+    print(f"wrote {target}")
+    return 0
+
+
+def _draw_plot(args, out: Path) -> None:
     from .. import evaluation
     from ..report import figures
     from ..training.files import read_jsonl
     from ..training.runs import METRICS_FILE
 
-    out = args.out or args.run_dir / f"{args.kind}.png"
     if args.kind == "curves":
         if not (args.run_dir / METRICS_FILE).is_file():
             raise VaelabError(f"{args.run_dir}: no {METRICS_FILE}; not a vaelab run directory")
         figures.training_curves({args.run_dir.name: read_jsonl(args.run_dir / METRICS_FILE)}, out)
-        print(f"wrote {out}")
-        return 0
+        return
     model, cfg, device, load_test = _load(args)
     x, y = evaluation.evaluation_set("full", load_test(), model.binary_pixels)
     with torch.no_grad():
@@ -173,8 +206,8 @@ def cmd_plot(args) -> int:
         if args.kind == "interpolation":
             figures.interpolation_figure(model, x, out, f"{args.run_dir.name} ({label}): interpolations between posterior means", y=y)
         elif args.kind == "traversal":
-            scores = args.run_dir / "eval-disentanglement.json"  # rows then name the factor each latent captures best
-            notes = figures.factor_notes(json.loads(scores.read_text())) if scores.is_file() else None
+            figures.check_traversal(model)  # a discrete code is refused before its KL is computed
+            notes = _factor_notes(args.run_dir)  # rows then name the factor each latent captures best
             kl = evaluation.kl_per_dimension(model, x[: args.images], None if y is None else y[: args.images])
             figures.traversal_figure(model, x, out, f"{args.run_dir.name} ({label}): one latent varied per row", y=y, notes=notes, kl=kl)
         elif args.kind == "lossy":
@@ -190,8 +223,24 @@ def cmd_plot(args) -> int:
             figures.kl_diagnostics_figure(per_dimension, bool(kl), next(iter(surgery.values())) if len(surgery) == 1 else None, out,
                                           title=f"{args.run_dir.name} ({label}) on {len(xs)} test images",
                                           groups=[(name, v.shape[0]) for name, v in per_group.items()])
-    print(f"wrote {out}")
-    return 0
+
+
+def _factor_notes(run_dir: Path) -> list[str] | None:
+    """The factor each latent carries most about, from RUN_DIR/eval-disentanglement.json (checked; a malformed one is
+    one error naming it); none when there is no such file, it names no factors, or it was computed on other weights."""
+    from ..errors import warn
+    from ..report import figures
+    from ..report.compare import current_weights, freshness, read_disentanglement
+
+    path = run_dir / "eval-disentanglement.json"
+    if not path.is_file():
+        return None
+    scores = read_disentanglement(path)
+    state, why = freshness(scores, current_weights(run_dir))
+    if state == "stale":
+        warn(f"{path} {why}: rows are not named by factor (run vaelab eval {run_dir} --disentanglement again)")
+        return None
+    return figures.factor_notes(scores) if scores["factors"] else None
 
 
 def cmd_reproduce(args) -> int:
@@ -205,7 +254,7 @@ def cmd_reproduce(args) -> int:
         if unknown:
             raise VaelabError(f"--only: unknown experiment(s) {', '.join(unknown)} (choose from {', '.join(sorted(known))})")
     data_dir = str(Path(args.data_dir).expanduser().resolve()) if args.data_dir else None
-    report = reproduce(args.suite, args.out, quick=args.quick, runs=args.runs, data_dir=data_dir, device=args.device,
+    report = reproduce(args.suite, output_folder(args.out, "--out"), quick=args.quick, runs=args.runs, data_dir=data_dir, device=args.device,
                        steps=args.steps, progress=not args.no_progress, only=only, threads=args.threads)
     print(report.read_text())
     print(f"wrote {report} and {report.with_suffix('.html')}")
@@ -215,7 +264,7 @@ def cmd_reproduce(args) -> int:
 def cmd_compare(args) -> int:
     from ..report.compare import compare_runs
 
-    table = compare_runs(args.run_dirs, args.out)
+    table = compare_runs(args.run_dirs, output_folder(args.out, "--out"))
     print(table)
     print(f"wrote {args.out / 'compare.md'}, {args.out / 'compare.csv'}, {args.out / 'curves.png'}")
     return 0

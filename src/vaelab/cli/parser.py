@@ -145,21 +145,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--disentanglement", action="store_true",
                    help="instead of the bounds: the beta-VAE, FactorVAE, MIG and DCI metrics of a run trained on dsprites, "
                         "written to RUN_DIR/eval-disentanglement.json")
-    p.add_argument("--metric-points", type=_positive_int, default=10_000,
-                   help="training points of each disentanglement metric, half as many held out (default 10000, as disentanglement_lib)")
+    p.add_argument("--metric-points", type=int, default=10_000,
+                   help="training points of each disentanglement metric (at least 10), half as many held out (default 10000, as disentanglement_lib)")
     p.add_argument("--no-save", action="store_true", help="do not write RUN_DIR/eval-<protocol>.json")
 
     p = sub.add_parser("sample", help="write a grid of prior samples and a reconstruction grid",
                        description="Draw images from the prior (and reconstruct test images) as PNG grids.")
     p.add_argument("run_dir", type=Path, metavar="RUN_DIR")
     p.add_argument("--n", type=_positive_int, default=200,
-                   help="number of prior samples (default 200); models that generate given a label draw n // C rows, one column per label")
-    p.add_argument("--ncol", type=_positive_int, default=20, help="images per grid row (default 20)")
+                   help="number of prior samples (default 200), at most 10000 in one grid and 16384 pixels a side; models that "
+                        "generate given a label draw n // C rows, one column per label")
+    p.add_argument("--ncol", type=_positive_int, help="images per grid row, at most --n (default 20, or --n when fewer)")
     p.add_argument("--out", type=Path, help="PNG for prior samples (default RUN_DIR/samples.png)")
     p.add_argument("--mode", choices=("mean", "sample"), default="mean",
                    help="mean: decoder probabilities; sample: one Bernoulli draw of them (default mean)")
     p.add_argument("--recon-out", type=Path, help="PNG for reconstructions (default RUN_DIR/reconstructions.png)")
-    p.add_argument("--recon-n", type=_positive_int, default=60, help="test images to reconstruct (default 60)")
+    p.add_argument("--recon-n", type=_positive_int, default=60,
+                   help="test images to reconstruct (default 60), at most 5000: with their reconstructions 10000 in one grid")
     p.add_argument("--no-recon", action="store_true", help="skip the reconstruction grid (needs no data)")
     p.add_argument("--seed", type=int, default=0, help="seed for z draws (default 0)")
     p.add_argument("--data-dir", help="data root for the test images (default: the run's)")
@@ -169,7 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", type=Path, metavar="RUN_DIR")
     p.add_argument("--kind", required=True, choices=PLOT_KINDS,
                    help="interpolation: decoded lines between test images' posterior means; traversal: one latent "
-                        "dimension varied per row; latents: posterior means coloured by label (PCA beyond 2-D); "
+                        "dimension varied per row (64 rows at most: of more dimensions, those of largest KL; not for a "
+                        "VQ-VAE's discrete codes); latents: posterior means coloured by label (PCA beyond 2-D); "
                         "kl: mean KL per latent dimension; lossy: test images beside several decodings of each one's code "
                         "(what an autoregressive decoder redraws); curves: loss, KL and rec against step")
     p.add_argument("--out", type=Path, help="output PNG (default RUN_DIR/<kind>.png)")

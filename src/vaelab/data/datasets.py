@@ -192,32 +192,52 @@ def locate(dataset: str, data_dir=None, download_missing: bool = True, mirrors=N
 @dataclass
 class ImageSet:
     """Images as uint8 (N, H, W) or (N, C, H, W) and labels as int64 (N,), both on one device; for data generated
-    from known factors (dsprites), their indices as int64 (N, K) in `factors`."""
+    from known factors (dsprites), their indices as int64 (N, K) in `factors`.
+
+    Binary images may be held packed, 8 pixels a byte (dsprites: 372 MB instead of 3 GB): then `images` is
+    (N, ceil(D / 8)) uint8 as numpy's packbits writes rows, `packed_shape` one image's shape, and `uint8(index)`
+    unpacks only the images asked for."""
 
     images: torch.Tensor
     labels: torch.Tensor
     name: str = ""
     factors: torch.Tensor | None = None
+    packed_shape: tuple[int, ...] | None = None
 
     def __len__(self) -> int:
         return self.images.shape[0]
 
     @property
     def x_dim(self) -> int:
-        return int(np.prod(self.images.shape[1:]))
+        return int(np.prod(self.image_shape))
 
     @property
     def image_shape(self) -> tuple[int, ...]:
-        return tuple(self.images.shape[1:])
+        return tuple(self.packed_shape) if self.packed_shape is not None else tuple(self.images.shape[1:])
 
     def to(self, device) -> "ImageSet":
         return ImageSet(self.images.to(device), self.labels.to(device), self.name,
-                        None if self.factors is None else self.factors.to(device))
+                        None if self.factors is None else self.factors.to(device), self.packed_shape)
+
+    def uint8(self, index=None) -> torch.Tensor:
+        """The images (or those at `index`) as uint8 (n, *image_shape), unpacked if held packed."""
+        images = self.images if index is None else self.images[index]
+        if self.packed_shape is None:
+            return images
+        return unpack_bits(images, self.x_dim).view(images.shape[0], *self.packed_shape)
 
     def pixels(self, index=None) -> torch.Tensor:
         """Flattened float pixels in [0, 1] (the value / 255 used by the reference)."""
-        images = self.images if index is None else self.images[index]
+        images = self.uint8(index)
         return images.reshape(images.shape[0], -1).float().div_(255.0)
+
+
+def unpack_bits(rows: torch.Tensor, pixels: int) -> torch.Tensor:
+    """Rows of bits packed 8 a byte, most significant first (numpy's packbits), as (n, pixels) uint8 in {0, 255}, on
+    the rows' device."""
+    shifts = torch.arange(7, -1, -1, dtype=torch.uint8, device=rows.device)
+    bits = rows.unsqueeze(-1).bitwise_right_shift(shifts).bitwise_and_(1).view(rows.shape[0], -1)[:, :pixels]
+    return bits.mul_(255)
 
 
 # The shapes of the published IDX files (MNIST and Fashion-MNIST alike): a file of one of these shapes
@@ -256,10 +276,10 @@ def _load_idx(images_path: Path, labels_path: Path, spec: DatasetSpec) -> tuple[
 
 def load(dataset: str = "mnist", split: str = "train", data_dir=None, device="cpu", download_missing: bool = True) -> ImageSet:
     """Load one split of a dataset as an ImageSet on `device`."""
-    if dataset == "dsprites":  # generated, not downloaded: data/dsprites.py
-        images, factors = dsprites.load_split(existing_data_root(data_dir) / "dsprites", split)
-        factors = torch.from_numpy(factors.astype(np.int64))
-        return ImageSet(torch.from_numpy(images).to(device), factors[:, 0].to(device), f"{dataset}-{split}", factors.to(device))
+    if dataset == "dsprites":  # generated, not downloaded: data/dsprites.py; held packed, as the cache is
+        packed, factors = dsprites.load_split(existing_data_root(data_dir) / "dsprites", split)
+        factors = torch.from_numpy(factors).to(device)
+        return ImageSet(torch.from_numpy(packed).to(device), factors[:, 0], f"{dataset}-{split}", factors, (dsprites.SIZE, dsprites.SIZE))
     spec = DATASETS.get(dataset)
     if spec is not None and split not in spec.splits:
         raise DataError(f"unknown split {split!r} of {dataset} (choose from {', '.join(spec.splits)})")
@@ -297,6 +317,8 @@ def model_input(images, binary: bool = True, seed: int | None = 0, device=None) 
     if x.dtype == torch.uint8:
         x = x.float().div_(255.0)
     elif x.is_floating_point():
+        if x.numel() and bool(x.isnan().any()):  # NaN passes both range comparisons below
+            raise DataError(f"images: {int(x.isnan().sum())} NaN pixels; float pixels must lie in [0, 1]")
         if x.numel() and (float(x.min()) < 0 or float(x.max()) > 1):
             raise DataError("images: float pixels must lie in [0, 1] (uint8 images are divided by 255)")
         x = x.float()
@@ -369,4 +391,6 @@ def cs236_test_subset(test: ImageSet, seed: int = 0) -> tuple[torch.Tensor, torc
 
 def binarized_test_set(test: ImageSet, seed: int = 0) -> torch.Tensor:
     """The whole test set binarized once with a fixed seed (CPU generator, so it is the same on any device)."""
+    if test.packed_shape is not None:  # already binary: a Bernoulli draw of pixels in {0, 1} is the pixels, without a second copy
+        return test.pixels()
     return binarize(test.pixels().cpu(), torch.Generator().manual_seed(seed)).to(test.images.device)

@@ -13,10 +13,14 @@ long axis); a pixel is on when its centre lies inside the rotated shape. The ima
 minutes on 2 CPU cores), packed 8 pixels to a byte in DATA_ROOT/dsprites/ (377 MB) with their sha256 beside them, and checked
 against it whenever read. Splits: test = 10,000 images drawn with a fixed seed, train = the other 727,280.
 Labels are the shape (0, 1, 2); `factors` carries all five.
+
+The images stay packed wherever they are held (a split, the factor data of the metrics): unpacked they would be 3 GB
+as uint8 and 12 GB as floats; batches are unpacked as they are drawn.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 from pathlib import Path
@@ -81,11 +85,11 @@ def render(factors: np.ndarray) -> np.ndarray:
         dx, dy = centre[:, None, :] - cx, centre[:, :, None] - cy  # (n, 1, W), (n, H, 1)
         cos, sin = np.cos(angle), np.sin(angle)
         a, b = (cos * dx + sin * dy) / radius, (-sin * dx + cos * dy) / radius
-        out[rows] = np.where(_inside(shape, a, b), 255, 0).astype(np.uint8)
+        out[rows] = np.where(_inside(shape, a, b), np.uint8(255), np.uint8(0))
     return out
 
 
-def generate(chunk: int = 4096) -> np.ndarray:
+def generate(chunk: int = 1024) -> np.ndarray:
     """All 737,280 images, packed: (N, 512) uint8, 8 pixels a byte, in index order."""
     packed = np.empty((IMAGES, SIZE * SIZE // 8), dtype=np.uint8)
     for start in range(0, IMAGES, chunk):
@@ -94,9 +98,14 @@ def generate(chunk: int = 4096) -> np.ndarray:
     return packed
 
 
-def cached(folder: Path) -> np.ndarray:
-    """The packed images from folder/CACHE_NAME, generated and written there (atomically, with its sha256) first
-    if absent; a file that does not match its sha256 is refused naming it."""
+ROW_BYTES = SIZE * SIZE // 8
+READ_ROWS = 8192
+"""Rows read from the cache at a time (4 MB)."""
+
+
+def cached(folder: Path, rows: np.ndarray | None = None) -> np.ndarray:
+    """The packed images (N, 512) from folder/CACHE_NAME, or only `rows` (sorted indices), generated and written there
+    (atomically, with its sha256) first if absent; a file that does not match its sha256 is refused naming it."""
     path, checksum = folder / CACHE_NAME, folder / (CACHE_NAME + ".sha256")
     if not path.is_file():
         folder.mkdir(parents=True, exist_ok=True)
@@ -106,13 +115,48 @@ def cached(folder: Path) -> np.ndarray:
             np.save(f, packed)
         checksum.write_text(file_digest(partial) + "\n")
         os.replace(partial, path)
-        return packed
-    if not checksum.is_file() or checksum.read_text().strip() != file_digest(path):
-        raise DataError(f"{path}: does not match {checksum.name} (damaged?); delete both to generate them again")
-    packed = np.load(path, allow_pickle=False)
-    if packed.shape != (IMAGES, SIZE * SIZE // 8) or packed.dtype != np.uint8:
-        raise DataError(f"{path}: expected uint8 of shape ({IMAGES}, {SIZE * SIZE // 8}), found {packed.dtype} {packed.shape}")
-    return packed
+        if rows is None:
+            return packed
+        del packed  # read back below: holding the whole set beside a split would double the memory
+    return _read_checked(path, checksum, rows)
+
+
+def _read_checked(path: Path, checksum: Path, rows: np.ndarray | None) -> np.ndarray:
+    """One pass over the file: its sha256 and the rows asked for, so a split never needs the whole set in memory."""
+    refused = DataError(f"{path}: does not match {checksum.name} (damaged?); delete both to generate them again")
+    if not checksum.is_file():
+        raise refused
+    expected = checksum.read_text().strip()
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        try:
+            version = np.lib.format.read_magic(f)
+            read_header = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+            if read_header is None:
+                raise ValueError(f"npy version {version}")
+            shape, fortran, dtype = read_header(f)
+        except ValueError:
+            raise refused from None
+        if shape != (IMAGES, ROW_BYTES) or dtype != np.uint8 or fortran:
+            raise DataError(f"{path}: expected uint8 of shape ({IMAGES}, {ROW_BYTES}), found {dtype} {shape}")
+        header = f.tell()
+        f.seek(0)
+        digest.update(f.read(header))
+        out = np.empty((IMAGES if rows is None else len(rows), ROW_BYTES), dtype=np.uint8)
+        buffer = np.empty((READ_ROWS, ROW_BYTES), dtype=np.uint8)
+        for start in range(0, IMAGES, READ_ROWS):
+            n = min(READ_ROWS, IMAGES - start)
+            block = out[start : start + n] if rows is None else buffer[:n]
+            if f.readinto(memoryview(block).cast("B")) != block.nbytes:
+                raise refused
+            digest.update(block)
+            if rows is not None:
+                lo, hi = np.searchsorted(rows, (start, start + n))
+                out[lo:hi] = block[rows[lo:hi] - start]
+        digest.update(f.read())  # trailing bytes change the digest too
+    if digest.hexdigest() != expected:
+        raise refused
+    return out
 
 
 def split_indices(split: str) -> np.ndarray:
@@ -127,18 +171,20 @@ def split_indices(split: str) -> np.ndarray:
 
 def unpack(rows: np.ndarray) -> np.ndarray:
     """Packed rows (n, 512) as images (n, 64, 64) uint8 in {0, 255}."""
-    return np.unpackbits(rows, axis=1).reshape(len(rows), SIZE, SIZE) * np.uint8(255)
+    images = np.unpackbits(rows, axis=1).reshape(len(rows), SIZE, SIZE)
+    images *= np.uint8(255)
+    return images
 
 
 def load_split(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """(images (n, 64, 64) uint8 in {0, 255}, factors (n, 5)) of a split."""
+    """(packed images (n, 512) uint8, 8 pixels a byte as `unpack` reads them, factors (n, 5) int64) of a split."""
     index = split_indices(split)
-    return unpack(cached(folder)[index]), factors_of(index)
+    return cached(folder, index), factors_of(index).astype(np.int64, copy=False)
 
 
 class Factors:
     """The generative factors of the full set as the disentanglement metrics sample them (evaluation/disentanglement.py):
-    factor values uniform and independent, and the image each combination makes, read from the cache."""
+    factor values uniform and independent, and the image each combination makes, read from the cache (held packed)."""
 
     factor_sizes = FACTOR_SIZES
     factor_names = FACTOR_NAMES

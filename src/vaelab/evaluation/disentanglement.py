@@ -22,6 +22,12 @@ from typing import Callable, Protocol
 
 import numpy as np
 
+from ..errors import ArgumentError
+
+MIN_METRIC_POINTS = 10
+"""The fewest training points a metric is computed from (half as many held out): below it a held-out set of a few
+points scores 0 or 1 by chance."""
+
 Represent = Callable[[np.ndarray], np.ndarray]
 """Factor values (n, K) -> codes (n, d): the ground-truth data's inputs for those values, then a model's encoder."""
 
@@ -56,6 +62,8 @@ def beta_vae_score(data: FactorData, represent: Represent, rng: np.random.Genera
 
     x_train, y_train = points(train)
     x_eval, y_eval = points(evaluate)
+    if len(np.unique(y_train)) == 1:  # few points can all fix one factor; the only classifier then names that factor
+        return {"beta_vae_train": 1.0, "beta_vae": float(np.mean(y_eval == y_train[0]))}
     classifier = LogisticRegression(max_iter=2000).fit(x_train, y_train)
     return {"beta_vae_train": float(classifier.score(x_train, y_train)), "beta_vae": float(classifier.score(x_eval, y_eval))}
 
@@ -178,11 +186,19 @@ def model_representation(model, data: FactorData, batch: int = 2000) -> Represen
     return represent
 
 
+def check_metric_points(points, name: str = "points") -> int:
+    """`points` as an int of at least MIN_METRIC_POINTS, else one error naming the argument (or option) and the minimum."""
+    if isinstance(points, bool) or not isinstance(points, (int, np.integer)) or points < MIN_METRIC_POINTS:
+        raise ArgumentError(f"{name}: each metric needs at least {MIN_METRIC_POINTS} training points, got {points!r}")
+    return int(points)
+
+
 def evaluate_disentanglement(model, data: FactorData, seed: int = 0, points: int = 10_000) -> dict:
     """The four metrics of a trained model on ground-truth data, with disentanglement_lib's sizes at points = 10,000
     (training points; half as many held out; batches of 64)."""
     import time
 
+    points = check_metric_points(points)
     start = time.perf_counter()
     was_training = model.training
     model.eval()

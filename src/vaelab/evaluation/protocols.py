@@ -12,13 +12,14 @@ What the model needs (labels for every image, a classifier to score) is read fro
 from __future__ import annotations
 
 import math
+import operator
 import time
 
 import torch
 
 from .. import data as data_mod
 from ..devices import check_compile_toolchain, matmul_precision
-from ..errors import DataError
+from ..errors import ArgumentError, DataError, require_count
 from ..nets.quantize import perplexity
 from .bounds import DEFAULT_BUDGET, elbo_terms, iwae_per_image, model_batch
 from .diagnostics import accuracy, active_units, elbo_surgery, kl_per_dimension
@@ -51,11 +52,18 @@ def evaluate_images(model, images, labels=None, iws=(1, 10, 100, 1000), seed: in
     (N, H, W), (N, C, H, W) or flat (see data.model_input). For a binary model the images are binarized
     once with seed 0; `seed` fixes the z draws. Returns nats: nelbo, kl, rec (means over `repeats` draws)
     and niwae_<m> with niwae_<m>_sem, its standard error over images, for each m in iws."""
+    iws = _sample_counts(iws)
+    repeats, budget = require_count(repeats, "repeats"), require_count(budget, "budget")
     device = next(model.parameters()).device
+    images = torch.as_tensor(images)
+    if images.ndim >= 1 and images.shape[0] == 0:
+        raise DataError("images: none given; a bound is an average over at least one image")
     x = data_mod.model_input(images, model.binary_pixels, 0, device)
     if x.shape[1] != model.config.x_dim:
         raise DataError(f"images: {x.shape[1]} pixels each, the model takes {model.config.x_dim}")
     y = None if labels is None else torch.as_tensor(labels, device=device).long()
+    if y is not None and y.shape != (x.shape[0],):
+        raise DataError(f"labels: expected one label for each of the {x.shape[0]} images, got shape {tuple(y.shape)}")
     was_training = model.training
     model.eval()
     result = {"images": int(x.shape[0]), "binarized": model.binary_pixels, "eval_seed": seed}
@@ -66,6 +74,19 @@ def evaluate_images(model, images, labels=None, iws=(1, 10, 100, 1000), seed: in
         result.update(_iwae_metrics(model, x, y, iws, lambda m: 1, budget, standard_errors=True))
     model.train(was_training)
     return result
+
+
+def _sample_counts(iws) -> tuple[int, ...]:
+    """iws as a tuple of IWAE sample counts m >= 1 (one count may be given bare)."""
+    try:
+        return (require_count(operator.index(iws), "iws (IWAE sample counts)"),)
+    except TypeError:
+        pass
+    try:
+        counts = list(iws)
+    except TypeError:
+        raise ArgumentError(f"iws: expected IWAE sample counts such as (1, 10, 100), got {iws!r}") from None
+    return tuple(require_count(m, "iws (IWAE sample counts)") for m in counts)
 
 
 def _iwae_metrics(model, x, y, iws, repeats_of, budget: int, standard_errors: bool, progress=None) -> dict:
@@ -138,7 +159,8 @@ def evaluate(model, test: data_mod.ImageSet, protocol: str = "cs236", iws=None, 
     `precision` (devices.matmul_precision) sets the networks' matrix products: fp32, tf32 (CUDA) or bf16;
     log-weights and logsumexp stay float32. docs/performance.md gives the error each costs."""
     if protocol not in PROTOCOLS:
-        raise ValueError(f"unknown protocol {protocol!r}")
+        raise ArgumentError(f"protocol: expected one of {', '.join(PROTOCOLS)}, got {protocol!r}")
+    iws, budget = None if iws is None else _sample_counts(iws), require_count(budget, "budget")
     # cs236 averages IWAE-m over max(100 // m, 1) repeats; full takes one estimate per image
     iws, nelbo_repeats, repeats_of = bound_plan(model, DEFAULT_IW[protocol] if iws is None else iws, NELBO_REPEATS[protocol],
                                                 (lambda m: max(100 // m, 1)) if protocol == "cs236" else (lambda m: 1))

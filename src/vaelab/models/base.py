@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from ..distributions import BINARY_LIKELIHOODS, LIKELIHOODS
+from ..errors import ArgumentError, require_count
 from ..nets import NETS
 
 LazyTensor = Union[torch.Tensor, Callable[[], torch.Tensor]]
@@ -224,6 +225,7 @@ class Model(nn.Module):
 
     def forward(self, batch: dict, k: int = 1) -> Terms:
         """The terms (see `terms`): forward, so DistributedDataParallel and torch.compile see them."""
+        require_count(k, "k (draws per input)")
         if self.spec.labels == "all" and "y" not in batch:
             raise ValueError(f"model {self.config.name!r} needs labels: batch['y'] with a label for every image")
         return self.terms(batch, k)
@@ -264,11 +266,21 @@ class Model(nn.Module):
 
     @torch.no_grad()
     def sample(self, n: int, labels: torch.Tensor | None = None) -> torch.Tensor:
-        """Mean images for n draws from the prior, (n, D); `labels` fixes the label code."""
+        """Mean images for n draws from the prior, (n, D) (n = 0 gives an empty (0, D)); `labels` (n,) fixes the
+        label code."""
+        n = require_count(n, "n (images to sample)", minimum=0)
+        if labels is not None and self.spec.label_code is None:
+            raise ValueError(f"model {self.config.name!r} does not generate given a label")
+        if labels is not None:
+            labels = torch.as_tensor(labels, device=next(self.parameters()).device).long()
+            if labels.shape != (n,):
+                raise ArgumentError(f"labels: expected one label for each of n = {n} images, got shape {tuple(labels.shape)}")
+            if n and not (0 <= int(labels.min()) and int(labels.max()) < self.classes):
+                raise ArgumentError(f"labels: expected values in 0..{self.classes - 1}")
+        if n == 0:  # not every decoder takes an empty batch (a codebook's grid cannot infer its side)
+            return torch.empty(0, self.config.x_dim, device=next(self.parameters()).device)
         codes = self.sample_codes(n)
         if labels is not None:
-            if self.spec.label_code is None:
-                raise ValueError(f"model {self.config.name!r} does not generate given a label")
             codes[self.spec.label_code] = labels
         return self.decode(codes)
 
@@ -283,6 +295,7 @@ class Model(nn.Module):
         every label: (rows, C, D), so z carries style along a row and the label content down a column."""
         if self.spec.label_code is None:
             raise ValueError(f"model {self.config.name!r} does not generate given a label")
+        rows = require_count(rows, "rows", minimum=0)
         classes = self.classes
         codes = {name: value.repeat_interleave(classes, 0) for name, value in self.sample_codes(rows).items()}
         codes[self.spec.label_code] = torch.arange(classes, device=codes[self.spec.label_code].device).repeat(rows)

@@ -3,6 +3,7 @@ reconstructions, interpolations, traversals, latent scatters, KL per dimension a
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import matplotlib
@@ -14,19 +15,98 @@ import torch  # noqa: E402
 
 from ..data import image_grid  # noqa: E402
 from ..errors import VaelabError  # noqa: E402
-from ..evaluation import continuous_codes, evaluation_set, model_batch, posterior_means  # noqa: E402
+from ..evaluation import DEFAULT_BUDGET, continuous_codes, evaluation_set, model_batch, posterior_means  # noqa: E402
+
+MAX_GRID_IMAGES = 10_000
+"""Images in one PNG grid at most (prior samples, label grids, reconstruction pairs): 10,000 MNIST digits already make
+a grid of 9 million pixels."""
+MAX_IMAGE_SIDE = 16_384
+"""Pixels along either side of any PNG vaelab writes at most (a figure at DPI, or a bare grid)."""
+DPI = 110
+CELL_INCHES = 0.6
+"""A labelled grid's inches per image."""
+GRID_PAD = 2
+"""Pixels between the images of a bare grid (data.image_grid's default)."""
+
+
+def _in_chunks(total: int, per_item: int, make) -> torch.Tensor:
+    """make(n) for n items at a time, joined: a chunk's largest tensor stays near DEFAULT_BUDGET elements (per_item
+    each), as evaluation's do; a request within one chunk is a single call, so it draws what it always drew."""
+    chunk = max(1, DEFAULT_BUDGET // max(1, per_item))
+    return torch.cat([make(min(chunk, total - start)) for start in range(0, total, chunk)]) if total > chunk else make(total)
+
+
+def grid_pixels(n: int, ncol: int, image_shape) -> tuple[int, int]:
+    """(width, height) in pixels of the bare grid of n images at ncol a row (data.image_grid)."""
+    h, w = image_shape[-2:]
+    return ncol * (w + GRID_PAD) + GRID_PAD, math.ceil(n / ncol) * (h + GRID_PAD) + GRID_PAD
+
+
+def labelled_grid_pixels(rows: int, cols: int, image_shape, cell_inches: float = CELL_INCHES) -> tuple[int, int]:
+    """(width, height) in pixels of labelled_grid's figure, at least the grid it shows (images never shrink)."""
+    width, height = grid_pixels(rows * cols, cols, image_shape)
+    return (max(width, round((cols * cell_inches + 1.6) * DPI)), max(height, round((rows * cell_inches + 1.2) * DPI)))
+
+
+def check_grid(n: int, ncol: int, image_shape, n_option: str = "--n", ncol_option: str = "--ncol") -> None:
+    """Refuse, in one line naming the option and the limit, a bare grid of more than MAX_GRID_IMAGES images or wider
+    or taller than MAX_IMAGE_SIDE pixels; checked before anything is drawn or allocated."""
+    if n > MAX_GRID_IMAGES:
+        raise VaelabError(f"{n_option}: {n:,} images is over the limit of {MAX_GRID_IMAGES:,} in one PNG grid "
+                          f"(draw several grids, each with its own --seed)")
+    if ncol > n:
+        raise VaelabError(f"{ncol_option}: {ncol:,} images a row is more than the {n:,} images of the grid ({n_option})")
+    width, height = grid_pixels(n, ncol, image_shape)
+    if max(width, height) > MAX_IMAGE_SIDE:
+        h, w = image_shape[-2:]
+        widest = (MAX_IMAGE_SIDE - GRID_PAD) // (w + GRID_PAD)
+        narrowest = math.ceil(n / ((MAX_IMAGE_SIDE - GRID_PAD) // (h + GRID_PAD)))
+        fix = f"use {ncol_option} from {narrowest:,} to {min(widest, n):,}" if narrowest <= min(widest, n) else f"draw fewer images ({n_option})"
+        raise VaelabError(f"{ncol_option}: {n:,} images of {h} x {w} pixels at {ncol:,} a row make a grid of {width:,} x {height:,} "
+                          f"pixels, over the limit of {MAX_IMAGE_SIDE:,} a side; {fix}")
+
+
+def labelled_grid_rows(cols: int, image_shape, cell_inches: float = CELL_INCHES) -> int:
+    """The most rows of `cols` images a labelled grid may have (MAX_GRID_IMAGES, MAX_IMAGE_SIDE)."""
+    h = image_shape[-2]
+    fit = min(MAX_GRID_IMAGES // cols, int((MAX_IMAGE_SIDE / DPI - 1.2) / cell_inches), (MAX_IMAGE_SIDE - GRID_PAD) // (h + GRID_PAD))
+    return fit if max(labelled_grid_pixels(1, cols, image_shape, cell_inches)) <= MAX_IMAGE_SIDE else 0
+
+
+def check_labelled_grid(rows: int, cols: int, image_shape, option: str, cell_inches: float = CELL_INCHES, per_row: int = 1) -> None:
+    """Refuse a labelled grid whose figure would be over MAX_GRID_IMAGES images or MAX_IMAGE_SIDE pixels a side, before
+    its images are made, in one line naming `option` (per_row: how much of it one row takes) and the largest that fits."""
+    fit = labelled_grid_rows(cols, image_shape, cell_inches)
+    if rows <= fit:
+        return
+    width, height = labelled_grid_pixels(rows, cols, image_shape, cell_inches)
+    raise VaelabError(f"{option}: a grid of {rows:,} rows of {cols:,} images is a {width:,} x {height:,} pixel figure, over the "
+                      f"limits of {MAX_GRID_IMAGES:,} images and {MAX_IMAGE_SIDE:,} pixels a side"
+                      + (f"; {option} {fit * per_row:,} at most" if fit else ""))
 
 
 def save_grid(path: str | Path, images, ncol: int, image_shape=(28, 28)) -> Path:
     """Write images as a PNG grid (grey-scale for (H, W) images, RGB for (3, H, W))."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    grid = np.clip(image_grid(images, ncol, image_shape, pad_value=0.5), 0.0, 1.0)
+    grid = image_grid(images, ncol, image_shape, pad_value=0.5)
+    del images  # the grid holds them now: a large grid is not held twice
+    np.clip(grid, 0.0, 1.0, out=grid)
     if grid.ndim == 2:
-        matplotlib.image.imsave(path, grid, cmap="gray", vmin=0.0, vmax=1.0)
+        matplotlib.image.imsave(path, _grey_rgba(grid))
     else:
         matplotlib.image.imsave(path, grid)
     return path
+
+
+def _grey_rgba(grid: np.ndarray) -> np.ndarray:
+    """The RGBA bytes imsave(cmap="gray", vmin=0, vmax=1) writes for values in [0, 1] (overwriting `grid`), by the
+    colormap's own lookup table: matplotlib would map them through float64 RGBA, 32 bytes a pixel (1.4 GB for a grid
+    of 10,000 dSprites)."""
+    gray = matplotlib.colormaps["gray"]
+    grid *= gray.N
+    np.minimum(grid, gray.N - 1, out=grid)
+    return gray(np.arange(gray.N), bytes=True)[grid.astype(np.uint8 if gray.N <= 256 else np.int64)]
 
 
 def labelled_grid(path, images: torch.Tensor, image_shape, title: str, row_labels=(), col_labels=(),
@@ -36,6 +116,7 @@ def labelled_grid(path, images: torch.Tensor, image_shape, title: str, row_label
     import matplotlib.pyplot as plt
 
     rows, cols = images.shape[:2]
+    check_labelled_grid(rows, cols, image_shape, "figure", cell_inches)  # callers check first; this is the last guard
     grid = np.clip(image_grid(images.flatten(0, 1), cols, image_shape, pad_value=0.5), 0.0, 1.0)
     fig, ax = plt.subplots(figsize=(cols * cell_inches + 1.6, rows * cell_inches + 1.2))
     ax.imshow(grid, cmap="gray" if grid.ndim == 2 else None, vmin=0.0, vmax=1.0)
@@ -49,10 +130,11 @@ def labelled_grid(path, images: torch.Tensor, image_shape, title: str, row_label
 
 
 def prior_samples(model, n: int, seed: int = 0, mode: str = "mean") -> torch.Tensor:
-    """n images from the model: decoder means for codes drawn from the prior, or a Bernoulli draw of them."""
+    """n images from the model: decoder means for codes drawn from the prior, or a Bernoulli draw of them (decoded in
+    chunks, so only the images themselves grow with n)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        probs = model.sample(n)
+        probs = _in_chunks(n, model.elements_per_sample, model.sample)
         return torch.bernoulli(probs) if mode == "sample" else probs
 
 
@@ -60,26 +142,43 @@ def label_grid(model, rows: int, seed: int = 0) -> torch.Tensor:
     """A label-conditioned model's grid (rows, C, D): row r holds one draw of the other codes decoded under every label."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return model.label_grid(rows)
+        return _in_chunks(rows, model.elements_per_sample * model.classes, model.label_grid)
 
 
 def reconstruction_pairs(model, batch: dict, ncol: int) -> torch.Tensor:
-    """Rows alternate: ncol inputs, then their reconstructions E[x | codes = encode(x)]."""
-    x, recon = batch["x"], model.reconstruct(batch)
+    """Rows alternate: ncol inputs, then their reconstructions E[x | codes = encode(x)] (made in chunks)."""
+    x = batch["x"]
+    chunk = max(1, DEFAULT_BUDGET // model.elements_per_sample)
+    recon = torch.cat([model.reconstruct({key: value[i : i + chunk] for key, value in batch.items()}) for i in range(0, x.shape[0], chunk)])
     rows = []
     for i in range(0, x.shape[0], ncol):
         rows += [x[i : i + ncol], recon[i : i + ncol]]
     return torch.cat(rows)
 
 
-def write_sample_grids(model, cfg, test, out, recon_out, n: int = 200, ncol: int = 20, seed: int = 0,
+DEFAULT_NCOL = 20
+"""Images a row of the sample and reconstruction grids when not given (fewer when there are fewer images)."""
+
+
+def write_sample_grids(model, cfg, test, out, recon_out, n: int = 200, ncol: int | None = None, seed: int = 0,
                        mode: str = "mean", recon_n: int = 60) -> list[Path]:
     """The sample grid (one column per label for models that generate given a label) and, when `test`
-    is given, the reconstruction grid of a run's model. Returns the paths written."""
+    is given, the reconstruction grid of a run's model. Returns the paths written. Both grids' sizes are
+    checked (MAX_GRID_IMAGES, MAX_IMAGE_SIDE) before the first image is drawn."""
     shape = tuple(cfg.model.image_shape)
     if int(np.prod(shape)) != cfg.model.x_dim:
         raise VaelabError(f"model.image_shape {shape} does not match model.x_dim {cfg.model.x_dim} in config.json")
-    if model.spec.label_code is not None:
+    labelled = model.spec.label_code is not None
+    if labelled:
+        check_labelled_grid(max(1, n // model.classes), model.classes, shape, "--n", per_row=model.classes)
+    else:
+        check_grid(n, min(DEFAULT_NCOL, n) if ncol is None else ncol, shape)
+    if test is not None:
+        x, y = evaluation_set("cs236" if cfg.data.dataset == "mnist" else "full", test, model.binary_pixels)
+        x, y = x[:recon_n], y[:recon_n]
+        recon_ncol = min(DEFAULT_NCOL if ncol is None else ncol, x.shape[0])
+        check_grid(2 * x.shape[0], recon_ncol, shape, "--recon-n (two images each)", "--ncol")
+    if labelled:
         from ..data import DATASETS
 
         grid = label_grid(model, max(1, n // model.classes), seed)
@@ -88,14 +187,11 @@ def write_sample_grids(model, cfg, test, out, recon_out, n: int = 200, ncol: int
         labelled_grid(out, grid, shape, f"{cfg.train.label or cfg.model.name}: one draw of z per row, decoded under every label",
                       col_labels=names, xlabel="label y (content)", ylabel="draw of z (style)")
     else:
-        save_grid(out, prior_samples(model, n, seed, mode), ncol, shape)
+        save_grid(out, prior_samples(model, n, seed, mode), min(DEFAULT_NCOL, n) if ncol is None else ncol, shape)
     written = [Path(out)]
     if test is not None:
-        x, y = evaluation_set("cs236" if cfg.data.dataset == "mnist" else "full", test, model.binary_pixels)
-        x, y = x[:recon_n], y[:recon_n]
-        ncol = min(ncol, x.shape[0])
         with torch.no_grad():
-            save_grid(recon_out, reconstruction_pairs(model, model_batch(model, x, y), ncol), ncol, shape)
+            save_grid(recon_out, reconstruction_pairs(model, model_batch(model, x, y), recon_ncol), recon_ncol, shape)
         written.append(Path(recon_out))
     return written
 
@@ -125,22 +221,47 @@ def interpolation(model, x: torch.Tensor, pairs: int = 8, steps: int = 10, y: to
     return model.decode(path)
 
 
+MAX_TRAVERSAL_ROWS = 64
+"""Latent dimensions a traversal shows at most, one row each; of a larger latent, those of largest KL (or the first)."""
+
+
+def check_traversal(model) -> None:
+    """A traversal varies one continuous latent dimension a row: refused in one line for a model whose code is discrete
+    (a codebook's grid: stepping one entry of a code vector leaves the codebook, and the grid has thousands of them)."""
+    if model.spec.codebook:
+        grid = getattr(model, "grid", None)
+        what = f"a {grid[0]} x {grid[1]} grid of discrete codes" if grid else "discrete codes"
+        raise VaelabError(f"--kind traversal: varies one continuous latent a row; model {model.config.name!r} encodes an image as {what} "
+                          f"(try --kind interpolation or lossy)")
+
+
+def traversal_dimensions(d: int, kl: torch.Tensor | None = None, limit: int = MAX_TRAVERSAL_ROWS) -> list[int]:
+    """The dimensions a traversal shows, in order: all d, or the `limit` of largest KL (the first `limit` without KL)."""
+    if d <= limit:
+        return list(range(d))
+    if kl is None:
+        return list(range(limit))
+    return sorted(torch.topk(kl.detach().float().cpu(), limit).indices.tolist())
+
+
 @torch.no_grad()
 def traversal(model, x: torch.Tensor, span: float = 3.0, steps: int = 9, y: torch.Tensor | None = None,
-              codes: dict | None = None) -> torch.Tensor:
-    """Row j varies latent dimension j over [-span, span] with the others at the posterior mean of x[0]
-    (or at `codes`, that image's encode() if the caller has it): (d, steps, D). Shows what each dimension
-    encodes (disentanglement in beta-VAEs)."""
+              codes: dict | None = None, dims: list[int] | None = None) -> torch.Tensor:
+    """Row i varies latent dimension dims[i] (default: every dimension, in order) over [-span, span] with the others at
+    the posterior mean of x[0] (or at `codes`, that image's encode() if the caller has it): (len(dims), steps, D).
+    Shows what each dimension encodes (disentanglement in beta-VAEs)."""
     codes = model.encode(model_batch(model, x, y, 0, 1)) if codes is None else codes
     name = _continuous(codes)
     base = codes[name][0]
     d = base.shape[0]
+    dims = torch.arange(d, device=base.device) if dims is None else torch.as_tensor(dims, device=base.device)
+    rows = len(dims)
     values = torch.linspace(-span, span, steps, device=base.device)
-    z = base.repeat(d, steps, 1)  # (d, steps, d)
-    z[torch.arange(d), :, torch.arange(d)] = values
-    path = {key: value.expand(d * steps, *value.shape[1:]) for key, value in codes.items() if key != name}
+    z = base.repeat(rows, steps, 1)  # (rows, steps, d)
+    z[torch.arange(rows, device=base.device), :, dims] = values
+    path = {key: value.expand(rows * steps, *value.shape[1:]) for key, value in codes.items() if key != name}
     path[name] = z.reshape(-1, d)
-    return model.decode(path).view(d, steps, -1)
+    return model.decode(path).view(rows, steps, -1)
 
 
 def factor_notes(disentanglement: dict) -> list[str]:
@@ -158,19 +279,26 @@ def traversal_figure(model, x: torch.Tensor, path, title: str, span: float = 3.0
                      notes: list[str] | None = None, kl: dict[str, torch.Tensor] | None = None) -> Path:
     """notes: one per latent dimension, added to its row's label (the factor it captures: factor_notes); kl: the
     mean KL per dimension of each latent group (kl_per_dimension), shown per row, and inactive rows say so instead
-    (binned information between a near-constant code and a factor is not zero, so its note would mislead)."""
+    (binned information between a near-constant code and a factor is not zero, so its note would mislead). A latent
+    of more than MAX_TRAVERSAL_ROWS dimensions shows that many, those of largest KL, and the title says so."""
+    check_traversal(model)
     codes = model.encode(model_batch(model, x, y, 0, 1))
-    images = traversal(model, x, span, steps, y, codes)
     name = _continuous(codes)
+    dims_kl = (kl or {}).get(name)
+    d = codes[name].shape[1]
+    shown = traversal_dimensions(d, dims_kl)
+    if len(shown) < d:
+        title += f" ({len(shown)} of {d} dimensions: {'those of largest KL' if dims_kl is not None else 'the first'})"
+    check_labelled_grid(len(shown), steps, tuple(model.config.image_shape), "traversal")
+    images = traversal(model, x, span, steps, y, codes, shown)
     values = torch.linspace(-span, span, steps).tolist()
-    dims = (kl or {}).get(name)
     rows = []
-    for j in range(images.shape[0]):
+    for j in shown:
         note = notes[j] if notes and j < len(notes) else ""
         label = f"{name}[{j}]"
-        if dims is not None:
-            label += f" (KL {float(dims[j]):.2f})"
-            note = "inactive" if dims[j] < INACTIVE_KL else note
+        if dims_kl is not None:
+            label += f" (KL {float(dims_kl[j]):.2f})"
+            note = "inactive" if dims_kl[j] < INACTIVE_KL else note
         rows.append(label + (f": {note}" if note else ""))
     return labelled_grid(path, images, tuple(model.config.image_shape), title,
                          row_labels=rows, col_labels=[f"{v:+.2g}" for v in values],
@@ -228,14 +356,19 @@ def latent_scatter(model, x: torch.Tensor, labels: torch.Tensor, path, title: st
     return _save(fig, path)
 
 
+MAX_NAMED_BARS = 64
+"""Bars of a per-dimension chart that get a tick each and widen the figure; more share its width."""
+
+
 def kl_bar_chart(kl: torch.Tensor, path, title: str = "", threshold: float = 0.01) -> Path:
     import matplotlib.pyplot as plt
 
     values = kl.cpu().numpy()
-    fig, ax = plt.subplots(figsize=(max(4, 0.35 * len(values) + 1), 3.5))
+    fig, ax = plt.subplots(figsize=(max(4, 0.35 * min(len(values), MAX_NAMED_BARS) + 1), 3.5))
     ax.bar(range(len(values)), values, color=["tab:blue" if v > threshold else "tab:gray" for v in values])
     ax.set(xlabel="latent dimension", ylabel="mean KL (nats)", title=title or f"KL per dimension (total {values.sum():.2f} nats)")
-    ax.set_xticks(range(len(values)))
+    if len(values) <= MAX_NAMED_BARS:
+        ax.set_xticks(range(len(values)))
     return _save(fig, path)
 
 
@@ -248,12 +381,14 @@ def kl_diagnostics_figure(per_dimension: torch.Tensor, per_dimension_is_kl: bool
     import matplotlib.pyplot as plt
 
     values = per_dimension.cpu().numpy()
-    widths = [max(4.0, 0.3 * len(values) + 1.5), 3.8][: 2 if surgery else 1]  # inches: bars, then the surgery panel
+    named = len(values) <= MAX_NAMED_BARS  # beyond, bars get thinner, not the figure wider, and ticks are matplotlib's
+    widths = [max(4.0, 0.3 * min(len(values), MAX_NAMED_BARS) + 1.5), 3.8][: 2 if surgery else 1]  # inches: bars, then the surgery panel
     fig, axes = plt.subplots(1, len(widths), figsize=(sum(widths), 3.8), squeeze=False, gridspec_kw={"width_ratios": widths})
     ax = axes[0, 0]
     active = int((values > threshold).sum())
     ax.bar(range(len(values)), values, color=["tab:blue" if v > threshold else "tab:gray" for v in values])
-    ax.set_xticks(range(len(values)))
+    if named:
+        ax.set_xticks(range(len(values)))
     ax.set_xlabel("latent dimension")
     if groups and len(groups) > 1:  # several latent groups side by side: name each, a line between them
         start = 0
@@ -262,8 +397,9 @@ def kl_diagnostics_figure(per_dimension: torch.Tensor, per_dimension_is_kl: bool
             if start:
                 ax.axvline(start - 0.5, color="black", lw=0.8)
             start += size
-        ax.set_xticks(range(len(values)), [str(j) for _, size in groups for j in range(size)], fontsize=7)
-        ax.set_xlabel("latent dimension within each group")
+        if named:
+            ax.set_xticks(range(len(values)), [str(j) for _, size in groups for j in range(size)], fontsize=7)
+        ax.set_xlabel("latent dimension within each group" if named else "latent dimension, groups side by side")
     if per_dimension_is_kl:
         ax.set(ylabel="mean KL(q(z_j|x) || p(z_j)), nats", title=f"KL per dimension: total {values.sum():.2f} nats, {active} above {threshold}")
     else:

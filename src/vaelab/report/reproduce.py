@@ -3,8 +3,15 @@
 Each experiment is a preset plus overrides, trained for each seed into OUT/runs/<name>-seed<s>,
 evaluated with its protocol, and drawn (samples, reconstructions, training curves). OUT/report.md
 and OUT/report.html put every measured metric beside the write-ups' numbers (docs/reference.md) with the
-wall time of each run. Finished runs are reused, so an interrupted reproduction picks up where it
-stopped.
+wall time of each run.
+
+reproduce never deletes or overwrites a folder it did not make. It writes OUT/runs/<name>-seed<s>/owner.json
+(suite, experiment, seed) before training starts, and refuses, in one line and before training anything, a
+folder there without it (a run of the user's own copied there). Its own runs are reused when finished, and
+resumed when not (an interrupt, a kill, a run extended with `vaelab train --resume --steps N`), never started
+again. OUT/.lock keeps a second reproduce out of OUT while one runs; each run directory's lock is held while it
+is trained and while it is evaluated and drawn, so a run another process trains is never evaluated half-way.
+An evaluation that does not belong to the run's current weights is computed again.
 """
 
 from __future__ import annotations
@@ -21,12 +28,14 @@ from pathlib import Path
 
 from .. import data as data_mod
 from ..devices import resolve_device
-from ..errors import ConfigError
+from ..errors import ConfigError, RunDirError, TrainingInterrupted
 from ..evaluation import evaluate
-from ..training import load_preset, set_key, train
+from ..training import load_json, load_preset, set_key, train
 from ..training.config import run_label
 from ..training.files import atomic_write_text, read_jsonl
-from ..training.runs import METRICS_FILE, SUMMARY_FILE, load_run
+from ..training.runs import (CONFIG_FILE, METRICS_FILE, OWNER_FILE, SUMMARY_FILE, RunLock, final_step, final_weights_problem,
+                             load_run_weights)
+from .compare import COMPUTED_ON, current_weights, freshness, read_eval, read_json_object, read_summary
 from .figures import training_curves, write_sample_grids
 
 
@@ -75,36 +84,130 @@ METRIC_NAMES = {"nelbo": "NELBO", "kl": "KL", "rec": "Rec", "kl_z": "KL_z", "kl_
                 "niwae_5000": "-IWAE-5000", "active_units": "active units"}
 
 
+FIGURES = ("samples.png", "reconstructions.png", "curves.png")
+MADE_BY = "vaelab reproduce"
+
+
+def _make_folder(path: Path) -> None:
+    if path.exists() and not path.is_dir():
+        raise RunDirError(f"--out: {path} is a file, not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RunDirError(f"--out: cannot make {path}: {exc.strerror}") from None
+
+
+def run_dir_of(out: Path, exp: Experiment, seed: int) -> Path:
+    return Path(out) / "runs" / f"{exp.name}-seed{seed}"
+
+
+def owner_record(suite: str, exp: Experiment, seed: int) -> dict:
+    return {"made_by": MADE_BY, "suite": suite, "experiment": exp.name, "seed": seed}
+
+
+def check_owned(run_dir: Path, owner: dict) -> None:
+    """Nothing when RUN_DIR is this reproduce's run of this experiment and seed (its owner.json says so, or it is
+    a finished run of a reproduce from before owner.json); else one RunDirError, and the folder is left as it is."""
+    leave = f"vaelab reproduce never changes or deletes it: move it out of {run_dir.parent} or choose another --out"
+    if not run_dir.is_dir():
+        raise RunDirError(f"{run_dir}: not a folder; {leave}")
+    marker = run_dir / OWNER_FILE
+    if marker.is_file():
+        found = read_json_object(marker, "owner record")
+        if any(found.get(key) != value for key, value in owner.items()):
+            made = ", ".join(f"{key} {json.dumps(found.get(key))}" for key in owner if key != "made_by")
+            raise RunDirError(f"{run_dir}: made by {found.get('made_by', 'another program')} ({made}), not this reproduce's "
+                              f"{owner['suite']} {owner['experiment']} seed {owner['seed']}; {leave}")
+        return
+    if not (run_dir / TIMING_FILE).is_file():
+        raise RunDirError(f"{run_dir}: not made by vaelab reproduce (no {OWNER_FILE}); {leave}")
+
+
+def _config(exp: Experiment, seed: int, run_dir: Path, data_dir, device: str, steps: int | None, threads: int):
+    """The run's saved config.json where training started (a resume continues that run), else the experiment's."""
+    if (run_dir / CONFIG_FILE).is_file():
+        cfg = load_json(run_dir / CONFIG_FILE)
+    else:
+        cfg = load_preset(exp.preset)
+        for key, value in exp.overrides.items():
+            set_key(cfg, key, value)
+        cfg.train.seed = seed
+        if steps is not None:
+            cfg.train.steps = steps
+            cfg.train.checkpoint_every = max(1, steps // 2)
+            cfg.train.log_every = max(1, min(cfg.train.log_every, steps // 20))
+    cfg.train.device, cfg.train.threads = device, threads
+    if data_dir:
+        cfg.data.data_dir = str(data_dir)
+    return cfg
+
+
+def _trained(run_dir: Path, cfg) -> bool:
+    """The final weights are in place, intact, and of the last step the run's config asks for."""
+    return final_weights_problem(run_dir) is None and final_step(run_dir, cfg) >= cfg.train.steps
+
+
+def _finished(run_dir: Path, exp: Experiment) -> bool:
+    """Trained, evaluated on the weights the run has now, and drawn."""
+    evaluation = run_dir / f"eval-{exp.protocol}.json"
+    needed = (TIMING_FILE, CONFIG_FILE, evaluation.name, *FIGURES)
+    if not all((run_dir / name).is_file() for name in needed):
+        return False
+    if not _trained(run_dir, load_json(run_dir / CONFIG_FILE)):
+        return False
+    return freshness(read_eval(evaluation), current_weights(run_dir))[0] == "current"
+
+
 def run_experiment(exp: Experiment, seed: int, out: Path, data_dir, device: str, steps: int | None, progress: bool,
-                   threads: int = 0) -> Path:
-    """Train, evaluate and draw one (experiment, seed); reuse the run if it already finished."""
-    run_dir = out / "runs" / f"{exp.name}-seed{seed}"
-    if (run_dir / TIMING_FILE).is_file():
-        return run_dir
-    start = time.perf_counter()
-    if run_dir.exists():  # an interrupted run: start it again
-        shutil.rmtree(run_dir)
-    cfg = load_preset(exp.preset)
-    for key, value in exp.overrides.items():
-        set_key(cfg, key, value)
-    cfg.train.seed, cfg.train.device, cfg.train.threads = seed, device, threads
-    cfg.data.data_dir = str(data_dir) if data_dir else None
-    if steps is not None:
-        cfg.train.steps = steps
-        cfg.train.checkpoint_every = max(1, steps // 2)
-        cfg.train.log_every = max(1, min(cfg.train.log_every, steps // 20))
-    train(cfg, run_dir, progress=progress)
-    device = resolve_device(device)
-    model, cfg = load_run(run_dir, device)
-    test = data_mod.load(cfg.data.dataset, "test", cfg.data.data_dir, device, cfg.data.download)
-    result = evaluate(model, test, exp.protocol, exp.iws, seed=0)
-    result = {"run": str(run_dir), "model": cfg.model.name, "label": run_label(cfg), "dataset": cfg.data.dataset, **result}
-    write_sample_grids(model, cfg, test, run_dir / "samples.png", run_dir / "reconstructions.png")
-    training_curves({run_dir.name: read_jsonl(run_dir / METRICS_FILE)}, run_dir / "curves.png")
-    atomic_write_text(run_dir / f"eval-{exp.protocol}.json", json.dumps(result, indent=2) + "\n")
-    # Written last: its presence marks the run finished (and keeps its wall time for later reports).
-    atomic_write_text(run_dir / TIMING_FILE, json.dumps({"wall_seconds": round(time.perf_counter() - start, 1)}) + "\n")
+                   threads: int = 0, suite: str = "cs236") -> Path:
+    """Train, evaluate and draw one (experiment, seed): reuse the run if it is finished, resume it if not."""
+    run_dir = run_dir_of(out, exp, seed)
+    owner = owner_record(suite, exp, seed)
+    if run_dir.exists() or run_dir.is_symlink():
+        check_owned(run_dir, owner)
+        if _finished(run_dir, exp):
+            return run_dir
+        if (run_dir / TIMING_FILE).is_file() and current_weights(run_dir) is None:
+            return run_dir  # finished and kept without its weights (results committed alone): reported as recorded
+    else:
+        _make_folder(run_dir)
+        atomic_write_text(run_dir / OWNER_FILE, json.dumps(owner, indent=2) + "\n")  # before training: the folder is ours
+    cfg = _config(exp, seed, run_dir, data_dir, device, steps, threads)
+    if not _trained(run_dir, cfg):
+        # A folder holding only owner.json is new; anything more is a start that stopped (even before its
+        # first checkpoint, which train's resume handles by starting from step 0).
+        resume = any(path.name != OWNER_FILE for path in run_dir.iterdir())
+        try:
+            train(cfg, run_dir, progress=progress, resume=resume)
+        except TrainingInterrupted as exc:
+            stopped = str(exc).split("; continue with", 1)[0]
+            raise TrainingInterrupted(f"{stopped} in {run_dir}; run the same vaelab reproduce command again to continue it",
+                                      exc.exit_code - 128) from None
+    _evaluate_and_draw(exp, run_dir, device, data_dir)
     return run_dir
+
+
+def _evaluate_and_draw(exp: Experiment, run_dir: Path, device: str, data_dir) -> None:
+    """Evaluate the run's weights and draw its figures, holding the run's lock: a process training the run
+    (vaelab train --resume) makes this one line instead of an evaluation of weights about to change."""
+    lock = RunLock(run_dir, "--out")
+    try:
+        start = time.perf_counter()
+        device = resolve_device(device)
+        model, cfg, weights = load_run_weights(run_dir, device)
+        test = data_mod.load(cfg.data.dataset, "test", data_dir or cfg.data.data_dir, device, cfg.data.download)
+        result = evaluate(model, test, exp.protocol, exp.iws, seed=0)
+        result = {"run": str(run_dir), "model": cfg.model.name, "label": run_label(cfg), "dataset": cfg.data.dataset,
+                  COMPUTED_ON: weights, **result}
+        write_sample_grids(model, cfg, test, run_dir / "samples.png", run_dir / "reconstructions.png")
+        training_curves({run_dir.name: read_jsonl(run_dir / METRICS_FILE)}, run_dir / "curves.png")
+        atomic_write_text(run_dir / f"eval-{exp.protocol}.json", json.dumps(result, indent=2) + "\n")
+        summary = read_summary(run_dir / SUMMARY_FILE) if (run_dir / SUMMARY_FILE).is_file() else {}
+        wall = (summary.get("train_seconds") or 0.0) + time.perf_counter() - start
+        # Written last: with an evaluation of the current weights it marks the run finished.
+        atomic_write_text(run_dir / TIMING_FILE, json.dumps({"wall_seconds": round(wall, 1), COMPUTED_ON: weights}) + "\n")
+    finally:
+        lock.release()
 
 
 def reproduce(suite: str, out: str | Path, quick: bool = False, runs: int = 1, data_dir=None, device: str = "auto",
@@ -118,19 +221,29 @@ def reproduce(suite: str, out: str | Path, quick: bool = False, runs: int = 1, d
     if threads < 0:
         raise ConfigError(f"--threads: must be >= 0 (got {threads})")
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    _make_folder(out)
     experiments = [e for e in SUITES[suite] if only is None or e.name in only]
-    results = {}
-    for exp in experiments:
-        exp_steps = steps if steps is not None else (exp.quick_steps if quick else None)
-        results[exp.name] = []
-        for seed in range(runs):
-            # One line per experiment on stderr, so a run without progress bars still says where it is.
-            print(f"reproduce: {exp.name} seed {seed} ({len(results)}/{len(experiments)})...", file=sys.stderr, flush=True)
-            start = time.perf_counter()
-            results[exp.name].append(run_experiment(exp, seed, out, data_dir, device, exp_steps, progress, threads))
-            print(f"reproduce: {exp.name} seed {seed} done in {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
-    return write_report(suite, out, experiments, results, quick=quick, steps=steps)
+    lock = RunLock(out, "--out")  # one reproduce in OUT at a time
+    try:
+        # Every folder in the way is refused before anything is trained.
+        for exp in experiments:
+            for seed in range(runs):
+                run_dir = run_dir_of(out, exp, seed)
+                if run_dir.exists() or run_dir.is_symlink():
+                    check_owned(run_dir, owner_record(suite, exp, seed))
+        results = {}
+        for exp in experiments:
+            exp_steps = steps if steps is not None else (exp.quick_steps if quick else None)
+            results[exp.name] = []
+            for seed in range(runs):
+                # One line per experiment on stderr, so a run without progress bars still says where it is.
+                print(f"reproduce: {exp.name} seed {seed} ({len(results)}/{len(experiments)})...", file=sys.stderr, flush=True)
+                start = time.perf_counter()
+                results[exp.name].append(run_experiment(exp, seed, out, data_dir, device, exp_steps, progress, threads, suite))
+                print(f"reproduce: {exp.name} seed {seed} done in {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
+        return write_report(suite, out, experiments, results, quick=quick, steps=steps)
+    finally:
+        lock.release()
 
 
 def _mean_std(values: list[float]) -> tuple[float, float | None]:
@@ -149,48 +262,86 @@ def _reference_cells(metric: str, reference: dict, sources) -> list[str]:
     return [_fmt(metric, reference[source]) if source in reference else "" for source in sources]
 
 
+def _run_files(run_dir: Path, exp: Experiment, out: Path) -> tuple[dict | None, dict, dict, list[str]]:
+    """A run's evaluation (None when it is of other weights than the run's current ones; counted with a note when
+    that cannot be checked), summary and timing ({} where missing), and a note for each thing missing, left out
+    or unverified, so a half-finished run never breaks the report."""
+    problems = []
+    evaluation, result = run_dir / f"eval-{exp.protocol}.json", None
+    shown = evaluation.relative_to(out) if evaluation.is_relative_to(out) else evaluation  # as the report's links are
+    if evaluation.is_file():
+        result = read_eval(evaluation)
+        state, why = freshness(result, current_weights(run_dir))
+        if state == "stale":
+            problems.append(f"{shown} {why}: left out")
+            result = None
+        elif state == "unverified":
+            problems.append(f"{shown} {why}: counted, unverified")
+    else:
+        problems.append(f"{shown.parent}: not evaluated yet")
+    summary = read_summary(run_dir / SUMMARY_FILE) if (run_dir / SUMMARY_FILE).is_file() else {}
+    timing = read_json_object(run_dir / TIMING_FILE, "reproduce record") if (run_dir / TIMING_FILE).is_file() else {}
+    if not isinstance(timing.get("wall_seconds"), (int, float)) or isinstance(timing.get("wall_seconds"), bool):
+        timing = {}
+    return result, summary, timing, problems
+
+
+def _seconds(values) -> str:
+    return ", ".join("?" if t is None else f"{t:.0f} s" for t in values)
+
+
 def write_report(suite: str, out: Path, experiments, results: dict, quick: bool = False, steps: int | None = None) -> Path:
-    """report.md and report.html from the finished runs; figures are copied under OUT/figures/."""
+    """report.md and report.html from the runs; figures are copied under OUT/figures/. Only evaluations of each
+    run's current weights are counted; anything missing or left out is said in the experiment's notes."""
     figures = out / "figures"
-    figures.mkdir(exist_ok=True)
+    _make_folder(figures)
     blocks = []  # (title, header, rows, images, notes) per experiment
     summary_sources = [WRITEUP_ONE, WRITEUP_MEAN, OFFICIAL]
     summary_rows = []
     for exp in experiments:
         run_dirs = results[exp.name]
-        evals = [json.loads((d / f"eval-{exp.protocol}.json").read_text()) for d in run_dirs]
-        summaries = [json.loads((d / SUMMARY_FILE).read_text()) for d in run_dirs]
-        total_s = [json.loads((d / TIMING_FILE).read_text())["wall_seconds"] for d in run_dirs]
+        read = [_run_files(d, exp, out) for d in run_dirs]
+        evals = [r for r, *_ in read if r is not None]
+        summaries = [summary for _, summary, _, _ in read]
+        total_s = [timing.get("wall_seconds") for _, _, timing, _ in read]
+        train_s = [summary.get("train_seconds") for summary in summaries]
         sources = list(dict.fromkeys(src for ref in exp.reference.values() for src in ref))
         n = len(evals)
-        header = ["metric", f"vaelab ({'mean ± std of ' + str(n) + ' runs' if n > 1 else 'seed 0'})", *sources]
+        header = ["metric", f"vaelab ({'mean ± std of ' + str(n) + ' runs' if n > 1 else 'seed 0' if n else 'no evaluation'})", *sources]
         rows = []
-        train_s = [s["train_seconds"] for s in summaries]
+        timed = [t for t in train_s if t is not None]
         for metric in METRIC_NAMES:
-            if metric not in evals[0]:
+            values = [e[metric] for e in evals if isinstance(e.get(metric), (int, float))]
+            if not values:
                 continue
-            mean, std = _mean_std([e[metric] for e in evals])
+            mean, std = _mean_std(values)
             cell = _fmt(metric, mean) + ("" if std is None else f" ± {_fmt(metric, std)}")
             reference = exp.reference.get(metric, {})
             rows.append([METRIC_NAMES[metric], cell, *_reference_cells(metric, reference, sources)])
             if metric in exp.headline:
                 summary_rows.append([exp.name, METRIC_NAMES[metric], cell,
                                      *_reference_cells(metric, reference, summary_sources),
-                                     f"{statistics.median(train_s):.0f} s"])
-        first = run_dirs[0]
+                                     f"{statistics.median(timed):.0f} s" if timed else "?"])
         images = []
         for kind, caption in (("samples", exp.samples_caption),
                               ("reconstructions", "reconstructions (odd rows inputs, even rows reconstructions)"), ("curves", "training curves")):
+            drawn = next((d / f"{kind}.png" for d in run_dirs if (d / f"{kind}.png").is_file()), None)
             target = figures / f"{exp.name}-{kind}.png"
-            shutil.copyfile(first / f"{kind}.png", target)
-            images.append((f"figures/{target.name}", caption))
+            if drawn is not None:
+                shutil.copyfile(drawn, target)
+            if target.is_file():  # else kept from an earlier report, for runs kept without their figures
+                images.append((f"figures/{target.name}", caption))
+        step_counts = sorted({s["steps"] for s in summaries if "steps" in s})
+        weights = sorted({e[COMPUTED_ON]["step"] for e in evals if e.get(COMPUTED_ON)})
         notes = [f"preset `{exp.preset}`" + (f" with {', '.join(f'{k}={v}' for k, v in exp.overrides.items())}" if exp.overrides else "")
-                 + f", {summaries[0]['steps']} steps, protocol `{exp.protocol}` on {evals[0]['images']} test images",
-                 f"wall time per run: training {', '.join(f'{t:.0f} s' for t in train_s)}; training + evaluation + figures "
-                 f"{', '.join(f'{t:.0f} s' for t in total_s)}",
+                 + f", {', '.join(map(str, step_counts)) or '?'} steps, protocol `{exp.protocol}`"
+                 + (f" on {evals[0]['images']} test images" if evals and "images" in evals[0] else "")
+                 + (f", evaluated on the weights of step {', '.join(map(str, weights))}" if weights else ""),
+                 f"wall time per run: training {_seconds(train_s)}; training + evaluation + figures {_seconds(total_s)}",
                  "trained with vaelab " + "; ".join(sorted({f"{s.get('vaelab', '?')} at commit {s.get('commit') or 'unknown'}, "
-                                                          f"torch {s['torch']}, {s['device']} ({s.get('cpu', '?')}, {s['threads']} threads)"
-                                                          for s in summaries}))]
+                                                          f"torch {s.get('torch', '?')}, {s.get('device', '?')} ({s.get('cpu', '?')}, "
+                                                          f"{s.get('threads', '?')} threads)" for s in summaries}))]
+        notes += [problem for *_, problems in read for problem in problems]
         blocks.append((exp.title, header, rows, images, notes))
     title = f"vaelab reproduce {suite}" + (" --quick (short schedule: not comparable with the write-ups)" if quick else "")
     if steps is not None:
@@ -200,8 +351,8 @@ def write_report(suite: str, out: Path, experiments, results: dict, quick: bool 
                       "training time" + (" (median)" if n_runs > 1 else "")]
     blocks.insert(0, ("Summary", summary_header, summary_rows, [], ["details, figures and every metric of each experiment below"]))
     md = _markdown(title, blocks)
-    (out / "report.md").write_text(md)
-    (out / "report.html").write_text(_html(title, md))
+    atomic_write_text(out / "report.md", md)
+    atomic_write_text(out / "report.html", _html(title, md))
     return out / "report.md"
 
 

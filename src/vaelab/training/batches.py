@@ -47,8 +47,8 @@ class Batches:
         self.labelled = labelled_indices(train_set, cfg).to(device) if labels == "subset" else None
 
     def x(self, index: torch.Tensor) -> torch.Tensor:
-        if self.binary:
-            return data_mod.binarize_batch(self.train_set.images[index])
+        if self.binary:  # uint8() unpacks only this batch of a set held packed (dsprites)
+            return data_mod.binarize_batch(self.train_set.uint8(index))
         return self.train_set.pixels(index)
 
     def next(self) -> dict:

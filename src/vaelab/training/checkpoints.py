@@ -5,7 +5,12 @@ training loop's own state ("state.": RNG, the epoch's batch order, partial log s
 metadata). Each is written atomically and recorded in the run's manifest (files.py). Resuming takes
 the newest checkpoint that is intact: one whose checksum does not match, whose contents do not parse
 or whose loop state is out of range is moved aside as *.damaged with a one-line warning, and the next
-older one is used.
+older one is used. Nothing a checkpoint holds is trusted: Adam's hyper-parameters must be those the run's
+config builds, its counters and moments in range, its RNG states ones torch accepts.
+
+Readers (eval, sample, plot) may run beside a trainer that writes, records and prunes checkpoints at any
+moment: read_newest_intact pins each file it reads (files.Pinned) and starts again from a fresh listing
+when one vanished or was replaced, instead of calling it damaged.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +29,12 @@ from safetensors.torch import load_file, save_file
 from ..errors import RunDirError, warn
 from . import files
 
-CHECKPOINT_DIR = "checkpoints"
+CHECKPOINT_DIR = files.CHECKPOINT_DIR
+_NAME = re.compile(r"step-([0-9]+)\.safetensors")
+READ_ATTEMPTS = 10  # fresh listings a reader tries when checkpoints vanish under it
+# How a torch kernel runs, not what it computes: taken from this process's optimizer, whatever the
+# checkpoint says (a run checkpointed on one device may resume on another).
+_IMPLEMENTATION_KEYS = {"foreach", "fused", "capturable", "differentiable"}
 
 
 def _contiguous_cpu(tensors: dict) -> dict:
@@ -57,7 +68,7 @@ def write_safetensors(path: Path, tensors: dict, metadata: dict | None = None) -
 def save_checkpoint(run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, step: int, keep: int,
                     state: dict | None = None, state_metadata: dict | None = None) -> Path:
     """Write checkpoints/step-NNNNNNN.safetensors and prune all but the newest `keep`."""
-    folder = Path(run_dir) / CHECKPOINT_DIR
+    folder = files.check_member(run_dir, Path(run_dir) / CHECKPOINT_DIR)
     try:
         folder.mkdir(exist_ok=True)
     except OSError as exc:
@@ -71,13 +82,36 @@ def save_checkpoint(run_dir: Path, model: torch.nn.Module, optimizer: torch.opti
     path = folder / f"step-{step:07d}.safetensors"
     write_safetensors(path, tensors, metadata)
     for old in checkpoint_paths(run_dir)[keep:]:
-        old.unlink()
+        old.unlink(missing_ok=True)
     return path
 
 
 def checkpoint_paths(run_dir: Path) -> list[Path]:
-    """The run's checkpoints, newest first."""
-    return sorted((Path(run_dir) / CHECKPOINT_DIR).glob("step-*.safetensors"), reverse=True)
+    """The run's checkpoints, newest first by the step in their names as numbers (step 10,000,000 after
+    9,999,999); other names are ignored, a symbolic link is refused (files.check_member)."""
+    folder = files.check_member(run_dir, Path(run_dir) / CHECKPOINT_DIR)
+    try:
+        entries = list(os.scandir(folder))
+    except FileNotFoundError:
+        return []
+    except OSError as exc:
+        raise RunDirError(f"cannot list {folder}: {exc.strerror or exc}") from None
+    found = []
+    for entry in entries:
+        match = _NAME.fullmatch(entry.name)
+        if match:
+            if entry.is_symlink():
+                files.check_member(run_dir, folder / entry.name)  # the one line naming the link
+            found.append((int(match.group(1)), entry.name))
+    return [folder / name for _, name in sorted(found, reverse=True)]
+
+
+def step_of(path: Path) -> int:
+    """The step in a checkpoint's name (checkpoints/step-NNNNNNN.safetensors); ValueError for any other name."""
+    match = _NAME.fullmatch(Path(path).name)
+    if match is None:
+        raise ValueError(f"{Path(path).name} is not a checkpoint name")
+    return int(match.group(1))
 
 
 def newest(run_dir: Path) -> Path | None:
@@ -85,29 +119,119 @@ def newest(run_dir: Path) -> Path | None:
     return next(iter(checkpoint_paths(run_dir)), None)
 
 
+def read_pinned(pinned: files.Pinned, device="cpu", metadata: bool = False):
+    """The tensors (with metadata=True: tensors and metadata) of a pinned safetensors file, read with
+    safetensors only: nothing is unpickled."""
+    try:
+        tensors = load_file(pinned.name, device=str(device))
+        if not metadata:
+            return tensors
+        with safe_open(pinned.name, "pt") as f:
+            return tensors, f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise RunDirError(f"{pinned.path}: not a readable safetensors file ({str(exc).replace(pinned.name, 'it')})") from None
+
+
+def pin(path: Path, run_dir: Path | None = None) -> files.Pinned:
+    """files.Pinned, with a file that cannot be opened as one line (FileNotFoundError is left to readers that race a trainer)."""
+    try:
+        return files.Pinned(path, run_dir)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise RunDirError(f"{path}: cannot read it ({exc.strerror or exc})") from None
+
+
 def read_safetensors(path: Path, device="cpu") -> dict:
     try:
-        return load_file(str(path), device=str(device))
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise RunDirError(f"{path}: not a readable safetensors file ({exc})") from None
+        with pin(path) as pinned:
+            return read_pinned(pinned, device)
+    except FileNotFoundError:
+        raise RunDirError(f"{path}: not a readable safetensors file (it does not exist)") from None
 
 
 def read_checkpoint(path: Path, device="cpu") -> tuple[dict, dict]:
     """(tensors, metadata) of a checkpoint, read with safetensors only (nothing is unpickled)."""
-    tensors = read_safetensors(path, device)
-    with safe_open(str(path), "pt") as f:
-        metadata = f.metadata() or {}
-    return tensors, metadata
+    try:
+        with pin(path) as pinned:
+            return read_pinned(pinned, device, metadata=True)
+    except FileNotFoundError:
+        raise RunDirError(f"{path}: not a readable safetensors file (it does not exist)") from None
+
+
+def config_of(path: Path) -> dict | None:
+    """The resolved config a checkpoint was written under (its metadata "config", written by the training
+    loop); None for a checkpoint from before checkpoints recorded it, or one whose header does not read."""
+    try:
+        with safe_open(str(path), "pt") as f:
+            text = (f.metadata() or {}).get("config")
+        config = json.loads(text) if text is not None else None
+    except (SafetensorError, OSError, ValueError, RecursionError):
+        return None
+    return config if isinstance(config, dict) else None
+
+
+def read_newest_intact(run_dir: Path, device="cpu") -> tuple[Path, dict, str] | None:
+    """(path, tensors, sha256) of the newest checkpoint whose bytes match the manifest, with a warning for
+    each newer one that does not; None when there is none. Read-only (for eval, sample, plot): nothing is
+    moved. A trainer may prune or replace checkpoints meanwhile: one that vanished, or that the manifest
+    does not record yet, is not damaged; the reader starts again from a fresh listing, READ_ATTEMPTS times."""
+    return _newest_intact(run_dir, lambda pinned: read_pinned(pinned, device))
 
 
 def newest_intact_checkpoint(run_dir: Path) -> Path | None:
-    """The newest checkpoint whose checksum matches the manifest; a warning for each newer one skipped.
-    Read-only (for eval, sample, plot): nothing is moved."""
-    for path in checkpoint_paths(run_dir):
-        problem = files.verify(path)
-        if problem is None:
-            return path
-        warn(f"{path}: damaged ({problem}); using an older checkpoint")
+    """The newest checkpoint whose checksum matches the manifest (read_newest_intact, reading no tensors)."""
+    found = _newest_intact(run_dir, lambda pinned: None)
+    return found[0] if found else None
+
+
+def _newest_intact(run_dir: Path, read) -> tuple[Path, object, str] | None:
+    run_dir, warned = Path(run_dir), set()
+    for _ in range(READ_ATTEMPTS):
+        for path in checkpoint_paths(run_dir):
+            try:
+                pinned = pin(path, run_dir)
+            except FileNotFoundError:
+                break  # pruned since the listing: list again
+            with pinned:
+                problem = pinned.settled_problem()
+                if problem is None:
+                    try:
+                        return path, read(pinned), pinned.digest
+                    except RunDirError:
+                        if pinned.still_in_place():
+                            raise
+                        problem = files.RACED
+            if problem == files.RACED:
+                break
+            if path not in warned:
+                warned.add(path)
+                warn(f"{path}: damaged ({problem}); using an older checkpoint")
+        else:
+            return None  # every checkpoint listed was looked at
+    raise RunDirError(f"{run_dir}: its checkpoints were pruned or replaced under each of {READ_ATTEMPTS} reads "
+                      f"(is a training with a very short train.checkpoint_every writing it?); try again")
+
+
+def weights_mismatch(model: torch.nn.Module, state: dict, config: str = "config.json") -> str | None:
+    """How the tensors in `state` differ from the ones `model` (built from `config`) has: the first few
+    missing and unexpected names, or the first tensor whose shape or dtype differs, with both."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+
+    def few(names):
+        return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+
+    problems = ([f"lacks {few(missing)}, which {config} builds"] if missing else []) + \
+               ([f"holds {few(unexpected)}, which {config} does not build"] if unexpected else [])
+    if problems:
+        return "; ".join(problems)
+    for key, value in expected.items():
+        if state[key].shape != value.shape:
+            return f"{key} has shape {tuple(state[key].shape)}, {config} builds {tuple(value.shape)}"
+        if state[key].dtype != value.dtype:
+            return f"{key} is {state[key].dtype}, {config} builds {value.dtype}"
     return None
 
 
@@ -155,13 +279,21 @@ def _loop_state(path: Path, tensors: dict, metadata: dict, n_train: int) -> Loop
     if rng is None or rng.dtype != reference.dtype or rng.shape != reference.shape:
         raise DamagedCheckpoint("state.rng_cpu is missing or not a CPU generator state")
     try:
+        torch.Generator().set_state(rng)  # a throwaway generator: torch's own check of the state's contents
+    except RuntimeError:
+        raise DamagedCheckpoint("state.rng_cpu is not a generator state torch accepts") from None
+    rng_cuda = tensors.get("state.rng_cuda")
+    if rng_cuda is not None and (rng_cuda.dtype != torch.uint8 or rng_cuda.ndim != 1):
+        raise DamagedCheckpoint("state.rng_cuda is not a CUDA generator state")
+    try:
         names = json.loads(metadata.get("log_names", "null"))
     except (json.JSONDecodeError, RecursionError):
         raise DamagedCheckpoint("metadata log_names is not JSON") from None
     sums = tensors.get("state.log_sums")
     if names is not None and not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
         raise DamagedCheckpoint("metadata log_names is not a list of names")
-    if (names is None) != (sums is None) or (sums is not None and (sums.shape != (len(names),) or not sums.isfinite().all())):
+    if (names is None) != (sums is None) or (sums is not None and (sums.shape != (len(names),) or not sums.is_floating_point()
+                                                                 or not sums.isfinite().all())):
         raise DamagedCheckpoint("state.log_sums does not match metadata log_names")
     try:
         elapsed = float(metadata.get("elapsed_seconds", "0"))
@@ -170,65 +302,142 @@ def _loop_state(path: Path, tensors: dict, metadata: dict, n_train: int) -> Loop
     if not (math.isfinite(elapsed) and elapsed >= 0):
         raise DamagedCheckpoint(f"metadata elapsed_seconds = {elapsed} is not a duration")
     return LoopState(step=step, batch_order=order, batch_position=integer("batch_position", high=n_train), rng_cpu=rng,
-                     rng_cuda=tensors.get("state.rng_cuda"), log_names=names, log_sums=sums,
-                     since_log=integer("since_log", 0), elapsed_seconds=elapsed, skipped_steps=integer("skipped_steps", 0))
+                     rng_cuda=rng_cuda, log_names=names, log_sums=sums, since_log=integer("since_log", 0, high=step),
+                     elapsed_seconds=elapsed, skipped_steps=integer("skipped_steps", 0, high=step))
 
 
-def _read_for_resume(path: Path, n_train: int) -> tuple[dict, dict, LoopState]:
-    problem = files.verify(path)
+def _read_for_resume(run_dir: Path, pinned: files.Pinned, n_train: int) -> tuple[dict, dict, LoopState]:
+    problem = pinned.problem(files.read_manifest(run_dir))
     if problem is not None:
         raise DamagedCheckpoint(problem)
     try:
-        tensors, metadata = read_checkpoint(path)
+        tensors, metadata = read_pinned(pinned, metadata=True)
     except RunDirError as exc:
         raise DamagedCheckpoint(str(exc).split(": ", 1)[-1]) from None
     if "param_groups" not in metadata:
         raise DamagedCheckpoint("metadata param_groups is missing")
-    return tensors, metadata, _loop_state(path, tensors, metadata, n_train)
+    return tensors, metadata, _loop_state(pinned.path, tensors, metadata, n_train)
 
 
-def _check_values(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
-    """What load_state_dict does not check: Adam's moments have their parameter's shape, and nothing is
-    inf or NaN (the loop never takes a non-finite step, so a checkpoint holding one is damaged)."""
+def _same(a, b) -> bool:
+    # As JSON: no True == 1 or 0 == False, and a list is compared element by element.
+    return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+
+
+def _param_groups(metadata: dict, built: list) -> list:
+    """The checkpoint's param_groups, which must hold the hyper-parameters of `built` (the optimizer as the
+    run's config builds it): the learning rate, betas, eps, weight decay, amsgrad, maximize. Returns `built`:
+    how the kernel runs (fused, foreach, ...) is this process's, and a key an older torch did not write
+    takes today's value."""
+    try:
+        groups = json.loads(metadata["param_groups"])
+    except (json.JSONDecodeError, RecursionError):
+        raise DamagedCheckpoint("metadata param_groups is not JSON") from None
+    if not isinstance(groups, list) or len(groups) != len(built) or not all(isinstance(g, dict) for g in groups):
+        raise DamagedCheckpoint(f"metadata param_groups is not the {len(built)} parameter group(s) of the run's optimizer")
+    for group, expected in zip(groups, built):
+        if not _same(group.get("params"), expected["params"]):
+            raise DamagedCheckpoint("metadata param_groups lists other parameters than the model has")
+        for key, value in group.items():
+            if key not in expected:
+                raise DamagedCheckpoint(f"metadata param_groups holds {key!r}, which Adam as config.json builds it has not")
+            if key not in _IMPLEMENTATION_KEYS and not _same(value, expected[key]):
+                raise DamagedCheckpoint(f"Adam's {key} is {json.dumps(value)[:40]} where config.json gives {json.dumps(expected[key])}")
+    return built
+
+
+def _adam_state(tensors: dict, optimizer: torch.optim.Optimizer, groups: list, step: int) -> dict:
+    """Adam's per-parameter state from the checkpoint's "optim.INDEX.NAME" tensors, each checked: the
+    names Adam keeps (max_exp_avg_sq only with amsgrad), moments of their parameter's shape and dtype,
+    finite, second moments not negative, and a step count that is a whole number in 0..`step` (a skipped
+    step does not count)."""
+    params = [(index, param, group) for group, built in zip(optimizer.param_groups, groups)
+              for index, param in zip(built["params"], group["params"])]
+    by_index = {index: (param, group) for index, param, group in params}
+    state: dict = {}
+    for key, value in tensors.items():
+        if not key.startswith("optim."):
+            continue
+        parts = key.split(".", 2)
+        if len(parts) != 3 or not re.fullmatch("[0-9]+", parts[1]) or int(parts[1]) not in by_index:
+            raise DamagedCheckpoint(f"{key} is not the state of one of the model's parameters")
+        state.setdefault(int(parts[1]), {})[parts[2]] = value
+    for index, entries in state.items():
+        param, group = by_index[index]
+        wanted = {"step", "exp_avg", "exp_avg_sq"} | ({"max_exp_avg_sq"} if group.get("amsgrad") else set())
+        if set(entries) != wanted:
+            raise DamagedCheckpoint(f"Adam's state of parameter {index} holds {sorted(entries)}, not {sorted(wanted)}")
+        count = entries["step"]
+        if count.shape != () or not count.is_floating_point():
+            raise DamagedCheckpoint(f"Adam's step of parameter {index} has shape {tuple(count.shape)} and dtype {count.dtype}, "
+                                    f"not one floating-point number")
+        value = count.item()
+        if not (math.isfinite(value) and 0 <= value <= step and value == int(value)):
+            raise DamagedCheckpoint(f"Adam's step of parameter {index} is {value:g}, not a whole number of steps in 0..{step}")
+        for name in sorted(wanted - {"step"}):
+            moment = entries[name]
+            if moment.shape != param.shape or moment.dtype != param.dtype:
+                raise DamagedCheckpoint(f"Adam's {name} of parameter {index} is {tuple(moment.shape)} {moment.dtype}, "
+                                        f"its parameter {tuple(param.shape)} {param.dtype}")
+            if not moment.isfinite().all():
+                raise DamagedCheckpoint(f"Adam's {name} of parameter {index} holds inf or NaN")
+            if name != "exp_avg" and (moment < 0).any():
+                raise DamagedCheckpoint(f"Adam's {name} of parameter {index} holds a negative value")
+    return state
+
+
+def _check_weights(model: torch.nn.Module) -> None:
+    """The loop never takes a non-finite step, so a checkpoint holding inf or NaN weights is damaged."""
     for name, value in model.state_dict().items():
         if value.is_floating_point() and not value.isfinite().all():
             raise DamagedCheckpoint(f"model weight {name} holds inf or NaN")
-    for group in optimizer.param_groups:
-        for param in group["params"]:
-            for key, value in optimizer.state.get(param, {}).items():
-                if not torch.is_tensor(value) or not value.is_floating_point():
-                    raise DamagedCheckpoint(f"Adam's {key} is not a floating-point tensor")
-                if key != "step" and value.shape != param.shape:
-                    raise DamagedCheckpoint(f"Adam's {key} has shape {tuple(value.shape)} for a parameter of shape {tuple(param.shape)}")
-                if not value.isfinite().all():
-                    raise DamagedCheckpoint(f"Adam's {key} holds inf or NaN")
+
+
+def _check_rng_cuda(state: LoopState, device: torch.device) -> None:
+    if device.type == "cuda" and state.rng_cuda is not None:
+        try:
+            torch.Generator(device=device).set_state(state.rng_cuda)  # a throwaway generator
+        except RuntimeError:
+            raise DamagedCheckpoint("state.rng_cuda is not a CUDA generator state torch accepts") from None
 
 
 def restore(run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, n_train: int) -> LoopState | None:
     """Load the newest intact checkpoint into model and optimizer and return its loop state (the caller
-    restores batch order and RNG). A damaged checkpoint is renamed to *.damaged with a warning and the
-    next older one tried. None when the run has no checkpoint at all; a RunDirError when it has some
-    but none is intact, or when the model's weights do not fit config.json."""
+    restores batch order and RNG). `optimizer` must be as the run's config builds it, nothing loaded yet:
+    its hyper-parameters are what every checkpoint must hold. A damaged checkpoint is renamed to *.damaged
+    with a warning and the next older one tried. None when the run has no checkpoint at all; a RunDirError
+    when it has some but none is intact, or when the model's weights do not fit config.json (naming the
+    tensor and both shapes)."""
+    run_dir = Path(run_dir)
+    built = json.loads(json.dumps(optimizer.state_dict()["param_groups"]))  # before anything is loaded into it
+    device = next(iter(model.parameters()), torch.empty(0)).device
     damaged = 0
     for path in checkpoint_paths(run_dir):
         try:
-            tensors, metadata, state = _read_for_resume(path, n_train)
+            try:
+                pinned = pin(path, run_dir)
+            except FileNotFoundError:
+                continue
+            with pinned:
+                tensors, metadata, state = _read_for_resume(run_dir, pinned, n_train)
             weights = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+            mismatch = weights_mismatch(model, weights)
+            if mismatch is not None:
+                raise RunDirError(f"--resume: {path} does not match {run_dir / 'config.json'}: {mismatch}")
+            model.load_state_dict(weights)
+            groups = _param_groups(metadata, built)
+            adam = _adam_state(tensors, optimizer, groups, state.step)
             try:
-                model.load_state_dict(weights)
-            except RuntimeError as exc:
-                raise RunDirError(f"--resume: {path} does not match {Path(run_dir) / 'config.json'} "
-                                  f"({str(exc).strip().splitlines()[0]})") from None
-            try:
-                load_optimizer_tensors(optimizer, tensors, metadata)
-            except (RuntimeError, KeyError, ValueError, TypeError, json.JSONDecodeError) as exc:
+                optimizer.load_state_dict({"state": adam, "param_groups": groups})
+            except (RuntimeError, KeyError, ValueError, TypeError) as exc:
                 raise DamagedCheckpoint(f"Adam's state does not load ({str(exc).strip().splitlines()[0][:120]})") from None
-            _check_values(model, optimizer)
+            _check_weights(model)
+            _check_rng_cuda(state, device)
             return state
         except DamagedCheckpoint as exc:
             damaged += 1
             aside = path.with_name(path.name + ".damaged")
-            os.replace(path, aside)
+            os.replace(path, aside)  # checkpoint_paths refused links: this renames the file itself, inside the run
             warn(f"{path}: damaged ({exc}); moved to {aside.name}, resuming from the next older checkpoint")
     if damaged:
         raise RunDirError(f"--resume: {run_dir} has no intact checkpoint ({damaged} damaged, kept as checkpoints/*.damaged); "

@@ -2,7 +2,8 @@
 
 A run is fully described by a RunConfig; its resolved form is saved as `config.json` in the run
 directory, which alone rebuilds the model. Overrides use dotted keys (`--set train.steps=500`) and
-are checked against the dataclasses: unknown keys and ill-typed values are errors.
+are read against the dataclasses by overrides.py (unknown keys and ill-typed values are errors);
+validate() checks ranges and what the model supports.
 """
 
 from __future__ import annotations
@@ -20,10 +21,11 @@ import torch
 from ..data import DATASET_NAMES
 from ..distributions import LIKELIHOODS
 from ..errors import ConfigError
-from ..models import MODELS, ModelConfig, build_model, model_class
+from ..models import ModelConfig, build_model, model_class
 from ..nets import ACTIVATIONS, NETS, check_shape
 from .files import atomic_write_text
 from .legacy import migrate_legacy
+from .overrides import apply_dict, parse_override, set_key  # noqa: F401 (part of this module's interface)
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -130,130 +132,6 @@ class RunConfig:
         return cfg
 
 
-def _field_types(obj) -> dict:
-    return typing.get_type_hints(type(obj))
-
-
-def _coerce(value, tp, key: str):
-    """Convert `value` (from TOML, JSON or a --set string) to the annotated type `tp`."""
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if origin is typing.Union and type(None) in args:
-        if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "")):
-            return None
-        return _coerce(value, next(a for a in args if a is not type(None)), key)
-    if origin is tuple:
-        if isinstance(value, str) and value.strip() in ("", "[]"):
-            if not value.strip():  # `--set model.hidden=` is more likely a slip than a request for no layers
-                raise ConfigError(f"{key}: empty value; write {key}=[] for an empty list")
-            return ()
-        items = value.split(",") if isinstance(value, str) else value
-        if not isinstance(items, (list, tuple)):
-            raise ConfigError(f"{key}: expected a list, got {value!r}")
-        return tuple(_coerce(v.strip() if isinstance(v, str) else v, args[0], key) for v in items if v != "")
-    try:
-        if tp is bool:
-            if isinstance(value, bool):
-                return value
-            if str(value).lower() in ("1", "true", "yes", "on"):
-                return True
-            if str(value).lower() in ("0", "false", "no", "off"):
-                return False
-            raise ValueError
-        if tp is int:
-            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-                raise ValueError
-            return int(float(value)) if isinstance(value, str) and "e" in value.lower() else int(value)
-        if tp is float:
-            return float(value)
-        if tp is str:
-            if not isinstance(value, str):
-                raise ValueError
-            return value
-    except (TypeError, ValueError, OverflowError):
-        raise ConfigError(f"{key}: cannot read {value!r} as {getattr(tp, '__name__', tp)}") from None
-    raise ConfigError(f"{key}: unsupported type {tp}")
-
-
-def set_key(cfg: RunConfig, key: str, value) -> None:
-    """Set a dotted key such as `train.steps`, checking that it exists and converting its type.
-
-    `model.name` switches the model section to that model's Config class, keeping the shared settings;
-    a setting of another model (`model.prior` for a model without a prior) is refused by name."""
-    parts = key.split(".")
-    if parts == ["model", "name"]:
-        _switch_model(cfg, _coerce(value, str, key))
-        return
-    obj = cfg
-    for i, part in enumerate(parts):
-        if not dataclasses.is_dataclass(obj) or part not in {f.name for f in dataclasses.fields(obj)}:
-            if i == 1 and parts[0] == "model" and len(parts) == 2 and any(part in _field_names(m.Config) for m in MODELS.values()):
-                raise ConfigError(f"{key}: not a setting of model {cfg.model.name!r} (its settings: "
-                                  f"{', '.join(sorted(_field_names(type(cfg.model)) - {'name', 'x_dim', 'image_shape'}))})")
-            known = ", ".join(sorted(_all_keys(cfg)))
-            raise ConfigError(f"unknown setting {key!r} (known: {known})")
-        if i == len(parts) - 1:
-            if dataclasses.is_dataclass(getattr(obj, part)):
-                raise ConfigError(f"{key!r} is a section; set one of its keys, e.g. {key}.{dataclasses.fields(getattr(obj, part))[0].name}")
-            setattr(obj, part, _coerce(value, _field_types(obj)[part], key))
-        else:
-            obj = getattr(obj, part)
-
-
-def _all_keys(obj, prefix: str = "") -> list[str]:
-    keys = []
-    for f in dataclasses.fields(obj):
-        value = getattr(obj, f.name)
-        if dataclasses.is_dataclass(value):
-            keys += _all_keys(value, prefix + f.name + ".")
-        else:
-            keys.append(prefix + f.name)
-    return keys
-
-
-def _field_names(cls) -> set[str]:
-    return {f.name for f in dataclasses.fields(cls)}
-
-
-def _switch_model(cfg: RunConfig, name: str) -> None:
-    """Make cfg.model the Config of model `name`, carrying over every setting both classes have; a
-    setting the new model lacks may only be carried over at its default value."""
-    new_cls = model_class(name).Config
-    old = cfg.model
-    if type(old) is new_cls:
-        old.name = name
-        return
-    shared = _field_names(new_cls) & _field_names(type(old))
-    defaults = type(old)()
-    for f in dataclasses.fields(old):
-        if f.name not in shared and getattr(old, f.name) != getattr(defaults, f.name):
-            raise ConfigError(f"model.{f.name}: not a setting of model {name!r} (set model.name before model settings)")
-    cfg.model = new_cls(**{field: getattr(old, field) for field in shared if field != "name"}, name=name)
-
-
-def apply_dict(cfg: RunConfig, d: dict, source: str) -> None:
-    """Apply a nested dict (from a preset or config.json); unknown keys are errors naming `source`.
-    model.name is applied first, since it decides which model settings exist."""
-    if not isinstance(d, dict):
-        raise ConfigError(f"{source}: expected sections of settings, got {type(d).__name__}")
-    for section, values in d.items():
-        if not isinstance(values, dict):
-            raise ConfigError(f"{source}: {section!r} must be a section of settings")
-    items = [(section, key, value) for section, values in d.items() for key, value in values.items()]
-    items.sort(key=lambda item: (item[0], item[1]) != ("model", "name"))
-    for section, key, value in items:
-        try:
-            set_key(cfg, f"{section}.{key}", value)
-        except ConfigError as exc:
-            raise ConfigError(f"{source}: {exc}") from None
-
-
-def parse_override(text: str) -> tuple[str, str]:
-    if "=" not in text:
-        raise ConfigError(f"--set {text!r}: expected key=value, e.g. train.steps=500")
-    key, value = text.split("=", 1)
-    return key.strip(), value.strip()
-
-
 def list_presets() -> list[str]:
     return sorted(p.stem for p in PRESET_DIR.glob("*.toml"))
 
@@ -283,6 +161,9 @@ def run_label(cfg: RunConfig) -> str:
 
 def validate(cfg: RunConfig) -> None:
     """Refuse out-of-range settings and settings the model does not support, naming the setting."""
+    for key, value in _float_settings(cfg):  # first: inf or nan would otherwise surface as a non-finite loss
+        if not math.isfinite(value):
+            raise ConfigError(f"{key}: must be a finite number (got {value!r})")
     m, o = cfg.model, cfg.objective
     cls = model_class(m.name)
     spec = cls.spec
@@ -303,7 +184,8 @@ def validate(cfg: RunConfig) -> None:
         (m.activation in ACTIVATIONS, "model.activation", f"must be one of {', '.join(ACTIVATIONS)}"),
         (m.likelihood in LIKELIHOODS, "model.likelihood", f"must be one of {', '.join(LIKELIHOODS)}"),
         (m.likelihood in spec.likelihoods, "model.likelihood", f"model {m.name!r} supports {', '.join(spec.likelihoods)}"),
-        (m.decoder_variance > 0, "model.decoder_variance", "must be > 0"),
+        (DECODER_VARIANCE[0] <= m.decoder_variance <= DECODER_VARIANCE[1], "model.decoder_variance",
+         f"must be in [{DECODER_VARIANCE[0]:g}, {DECODER_VARIANCE[1]:g}]"),
         (m.pixel_layers >= 1 and m.pixel_channels >= 1, "model.pixel_layers", "pixel_layers and pixel_channels must be >= 1"),
         (m.likelihood == "pixelcnn" or (m.pixel_layers, m.pixel_channels) == (ModelConfig.pixel_layers, ModelConfig.pixel_channels),
          "model.pixel_layers", "pixel_layers and pixel_channels apply to likelihood = pixelcnn only"),
@@ -330,7 +212,7 @@ def validate(cfg: RunConfig) -> None:
         *cls.settings_checks(m, o),
         (cfg.train.steps >= 1, "train.steps", "must be >= 1"),
         (cfg.train.batch_size >= 1, "train.batch_size", "must be >= 1"),
-        (cfg.train.lr > 0, "train.lr", "must be > 0"),
+        (0 < cfg.train.lr <= MAX_LR, "train.lr", f"must be > 0 and <= {MAX_LR:g}"),
         (0 <= cfg.train.seed < 2**64, "train.seed", "must be in 0 .. 2^64 - 1"),
         (cfg.train.log_every >= 1, "train.log_every", "must be >= 1"),
         (cfg.train.checkpoint_every >= 1, "train.checkpoint_every", "must be >= 1"),
@@ -349,6 +231,25 @@ def validate(cfg: RunConfig) -> None:
     if parameters > MAX_PARAMETERS:
         raise ConfigError(f"model: these settings make {parameters:.3g} parameters, over the limit of {MAX_PARAMETERS:.0e} "
                           f"(4 GB of float32); reduce model.hidden, model.channels, model.z_dim or model.prior_components")
+
+
+# Adam's step is about lr in every weight, so beyond this any network diverges at the first steps.
+MAX_LR = 10.0
+# A Gaussian decoder's fixed variance per pixel (pixels lie in [0, 1]): far outside this range the loss is
+# the variance's scale, not the image (and 1e-300 is 0 in float32: an infinite loss at the first step).
+DECODER_VARIANCE = (1e-6, 1e6)
+
+
+def _float_settings(obj, prefix: str = ""):
+    """(dotted key, value) of every float setting in every section, the model's own settings included."""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            yield from _float_settings(value, f"{prefix}{f.name}.")
+        elif isinstance(value, float):
+            yield prefix + f.name, value
+        elif isinstance(value, (tuple, list)):
+            yield from ((prefix + f.name, v) for v in value if isinstance(v, float))
 
 
 # The largest model vaelab builds: 1e9 float32 parameters are 4 GB before Adam's two copies.

@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..errors import ConfigError
+from ..errors import ConfigError, RunDirError
 
 
 @dataclass
@@ -62,6 +62,28 @@ class Context:
         dist.all_reduce(value, op=dist.ReduceOp.MIN)
         return bool(value.item() > 0)
 
+    def rank_0_first(self, work, peer_message: str):
+        """work() in rank 0 only, and its result. Whatever it raises stops every process, not only rank 0:
+        rank 0 with its error, the others with a RunDirError(peer_message)."""
+        result, error = None, None
+        if self.is_main:
+            try:
+                result = work()
+            except Exception as exc:
+                error = exc
+        if not self.all_true(error is None):
+            if error is not None:
+                raise error
+            raise RunDirError(peer_message)
+        return result
+
+    def max_int(self, value: int) -> int:
+        """The largest of `value` over processes."""
+        if not self.active:
+            return value
+        tensor = torch.tensor(value, dtype=torch.int64, device=self.device)
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+        return int(tensor.item())
 
     def all_ok(self, flag: torch.Tensor) -> torch.Tensor:
         """`flag` (a boolean tensor) and-ed over every process, left on the device: no host read."""

@@ -22,9 +22,11 @@ from ..devices import check_compile_toolchain, resolve_device
 from ..errors import RunDirError, TrainingDiverged, TrainingInterrupted, warn
 from ..models import build_model, model_class
 from . import checkpoints, distributed, files, runs
+from . import resume as resume_mod
 from .batches import Batches
 from .config import RunConfig, run_label, save_json, validate
 from .guard import NonFiniteGuard
+from .memory import check_step_memory
 from .threads import auto_threads, step_flops
 
 
@@ -44,9 +46,19 @@ def gradients_finite(parameters: list[torch.Tensor]) -> torch.Tensor:
 
 
 def prepare_run_dir(run_dir: Path) -> None:
-    if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
-        raise RunDirError(f"--out: {run_dir} already exists and is not empty; choose a new run directory")
-    run_dir.mkdir(parents=True, exist_ok=True)
+    """RUN_DIR made, or found empty; anything else is one line naming --out, before anything is created."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunDirError(f"--out: {run_dir} is a file; choose a new run directory")
+    above = next((p for p in run_dir.parents if p.exists()), None)
+    if above is not None and not above.is_dir():
+        raise RunDirError(f"--out: {above} is a file, so {run_dir} cannot be made; choose a new run directory")
+    try:
+        # A folder holding only owner.json (what made it, written before training starts) counts as empty.
+        if run_dir.exists() and any(p.name != runs.OWNER_FILE for p in run_dir.iterdir()):
+            raise RunDirError(f"--out: {run_dir} already exists and is not empty; choose a new run directory")
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a folder above it that cannot be written, a full disk
+        raise RunDirError(f"--out: cannot make {run_dir}: {exc.strerror or exc}") from None
 
 
 def training_loss(model: torch.nn.Module, batch: dict, cfg: RunConfig, beta: float) -> objectives.LossOutput:
@@ -109,23 +121,6 @@ class TensorBoard:
         self._guard(self.writer.close)
 
 
-def _restore(run_dir: Path, model, optimizer, batches: Batches, device: torch.device) -> checkpoints.LoopState | None:
-    """Continue from the newest intact checkpoint of run_dir: model, Adam, batch order and position, RNG.
-    None when the run was killed before its first checkpoint (it then starts again from step 0, which
-    the seed makes the same run)."""
-    state = checkpoints.restore(run_dir, model, optimizer, batches.sampler.n)
-    if state is None:
-        return None
-    batches.sampler.order = state.batch_order.to(device)
-    batches.sampler.pos = state.batch_position
-    torch.set_rng_state(state.rng_cpu)
-    if device.type == "cuda" and state.rng_cuda is not None:
-        torch.cuda.set_rng_state(state.rng_cuda, device)
-    if state.log_sums is not None:
-        state.log_sums = state.log_sums.to(device)
-    return state
-
-
 class StopRequest:
     """SIGINT and SIGTERM while training set a flag instead of killing the step half-way; the loop looks
     at it between steps, writes a checkpoint and stops (TrainingInterrupted). Handlers are installed
@@ -142,10 +137,13 @@ class StopRequest:
     def _handle(self, signum, frame) -> None:
         self.signum = signum
 
-    def requested(self, ctx: distributed.Context, step: int, log_every: int) -> bool:
+    def requested(self, ctx: distributed.Context, step: int, log_every: int) -> int:
+        """The signal to stop with, 0 to go on. Under torchrun, at log steps, the largest any process received:
+        a signal sent to one process only (kill PID) stops them all. Only the handler writes self.signum, so a
+        signal arriving while the processes agree is kept for the next log step."""
         if not ctx.active:
-            return self.signum != 0
-        return step % log_every == 0 and not ctx.all_true(self.signum == 0)
+            return self.signum
+        return ctx.max_int(self.signum) if step % log_every == 0 else 0
 
     def restore(self) -> None:
         for signum, handler in self._previous.items():
@@ -173,10 +171,11 @@ def train(cfg: RunConfig, run_dir: str | Path, progress: bool = True, resume: bo
         return _train(cfg, run_dir, progress, resume, ctx, locks, stop)
     finally:
         torch.set_num_threads(threads)  # a Python session that trains goes on with the threads it had
-        stop.restore()
         for lock in locks:
             lock.release()
         distributed.teardown(ctx)
+        # Last: torchrun's SIGTERM to a process still leaving the group must not end it before its one line.
+        stop.restore()
 
 
 def _train(cfg: RunConfig, run_dir: Path, progress: bool, resume: bool, ctx: distributed.Context,
@@ -184,10 +183,15 @@ def _train(cfg: RunConfig, run_dir: Path, progress: bool, resume: bool, ctx: dis
     device, main = ctx.device, ctx.is_main
     origin = runs.provenance()  # before any step: the commit of the code this process runs
     distributed.check_divisible(ctx, cfg.train.batch_size)
+    peer_error = f"--resume: stopped with rank 0, which could not resume {run_dir} (its error says why)"
+    # On resume, before the data is read: the lock, then settings fixed for the run that config.json changes
+    # refused. None for a new run, else the settings the resume changes (resume.RESUMABLE only).
+    changes = ctx.rank_0_first(lambda: resume_mod.lock_and_compare(run_dir, cfg, locks), peer_error) if resume else None
     # Everything that can fail on user input happens before the run directory is created.
     train_set = data_mod.load(cfg.data.dataset, "train", cfg.data.data_dir, device, cfg.data.download)
     cfg.model.x_dim, cfg.model.image_shape = train_set.x_dim, train_set.image_shape
     validate(cfg)  # again with the shape the files have, should they differ from the one the dataset declares
+    check_step_memory(cfg, device)  # a step too large for the device is refused before anything big is allocated
     torch.manual_seed(cfg.train.seed)
     batches = Batches(train_set, cfg, model_class(cfg.model.name).spec.labels, cfg.model.binary_pixels, device)
     if batches.labelled is not None:
@@ -210,20 +214,11 @@ def _train(cfg: RunConfig, run_dir: Path, progress: bool, resume: bool, ctx: dis
     names, sums, since_log, done, elapsed_before, skipped = None, None, 0, 0, 0.0, 0
     logged: list[dict] = []  # on resume, the metrics kept from before the checkpoint
     if resume:
-        if main:  # before anything in the run directory is read or changed
-            locks.append(runs.RunLock(run_dir, "--resume"))
-            files.remove_stale_temporaries(run_dir)
         # Rank 0 first: it moves damaged checkpoints aside, and the other processes then read what is left.
-        restored, error = None, None
-        if main:
-            try:
-                restored = _restore(run_dir, model, optimizer, batches, device)
-            except RunDirError as exc:
-                error = exc
-        if not ctx.all_true(error is None):
-            raise error or RunDirError(f"--resume: rank 0 could not resume {run_dir}")
+        restored = ctx.rank_0_first(lambda: files.remove_stale_temporaries(run_dir) or
+                                    resume_mod.restore(run_dir, model, optimizer, batches, device), peer_error)
         if not main:
-            restored = _restore(run_dir, model, optimizer, batches, device)
+            restored = resume_mod.restore(run_dir, model, optimizer, batches, device)
         if restored is None:
             if (run_dir / runs.WEIGHTS_FILE).is_file():
                 raise RunDirError(f"--resume: {run_dir} has final weights but no checkpoint to continue from")
@@ -256,6 +251,7 @@ def _train(cfg: RunConfig, run_dir: Path, progress: bool, resume: bool, ctx: dis
         if not ctx.all_true(error is None):  # every process stops, not only rank 0
             raise error or RunDirError(f"--out: rank 0 could not use {run_dir}")
     if main:
+        resume_mod.record(run_dir, done, cfg, changes)
         save_json(cfg, run_dir / runs.CONFIG_FILE)
 
     def checkpoint(step: int) -> None:
@@ -269,7 +265,7 @@ def _train(cfg: RunConfig, run_dir: Path, progress: bool, resume: bool, ctx: dis
         since_log, skipped, _ = guard.read()
         checkpoints.save_checkpoint(run_dir, model, optimizer, step, cfg.train.keep_checkpoints, state,
                                     {"batch_position": batches.sampler.pos, "since_log": since_log, "log_names": json.dumps(names),
-                                     "skipped_steps": skipped,
+                                     "skipped_steps": skipped, "config": json.dumps(cfg.to_dict()),
                                      "elapsed_seconds": round(elapsed_before + time.perf_counter() - start, 3)})
 
     guard = NonFiniteGuard(optimizer, device, good=since_log, skipped=skipped)
@@ -285,14 +281,17 @@ def _train(cfg: RunConfig, run_dir: Path, progress: bool, resume: bool, ctx: dis
     parameters = list(model.parameters())  # once: walking the module tree costs ~0.1 ms a step
     model.train()
     for step in range(done + 1, cfg.train.steps + 1):
-        if stop.requested(ctx, step - 1, cfg.train.log_every):
+        signum = stop.requested(ctx, step - 1, cfg.train.log_every)
+        if signum:
             bar.close()
             checkpoint(step - 1)  # the state after the last whole step: resume continues exactly from there
             if main:
                 board.close()
-            name = signal.Signals(stop.signum).name
+            # No process exits before rank 0 has written: torchrun stops the others once one has exited.
+            ctx.wait_for_all()
+            name = signal.Signals(signum).name
             raise TrainingInterrupted(f"{name} at step {step - 1} of {cfg.train.steps}: checkpoint written; continue with "
-                                      f"vaelab train --resume {run_dir}", stop.signum)
+                                      f"vaelab train --resume {run_dir}", signum)
         if cfg.train.compile and step == done + 2:  # after one eager step (distributed.compile_objective)
             distributed.compile_objective(objective)
         beta = objectives.annealed_beta(step - 1, cfg.objective.beta, cfg.objective.kl_warmup_steps)

@@ -6,9 +6,11 @@ Layout of RUN_DIR:
     checkpoints/step-NNNNNNN.safetensors   weights + Adam state + loop state (checkpoints.py)
     manifest.json                  size and sha256 of the weights and each checkpoint (files.py)
     metrics.jsonl                  one JSON object per logged training step
+    history.jsonl                  one record per start and resume: step, time, settings changed (resume.py)
     tensorboard/                   the same scalars and sample grids as TensorBoard event files
     summary.json                   wall time, steps, final training metrics
-    eval-<protocol>.json           results of `vaelab eval`
+    eval-<protocol>.json           results of `vaelab eval`, with the weights (file, step, sha256) they were computed on
+    owner.json                     what made the run directory, where that was not `vaelab train` (`vaelab reproduce`)
 Weights are only ever read with safetensors, which never unpickles.
 """
 
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import os
 import platform
 import subprocess
@@ -38,6 +41,7 @@ TENSORBOARD_DIR = "tensorboard"
 
 
 LOCK_FILE = ".lock"
+OWNER_FILE = "owner.json"
 
 
 class RunLock:
@@ -50,7 +54,10 @@ class RunLock:
 
         path = Path(run_dir) / LOCK_FILE
         try:
-            self._file = open(path, "a+")
+            # O_NOFOLLOW (files.open_member): a .lock that is a link never has its target truncated.
+            self._file = os.fdopen(files.open_member(run_dir, path, os.O_RDWR | os.O_CREAT), "r+")
+        except RunDirError as exc:
+            raise RunDirError(f"{option}: {exc}") from None
         except OSError as exc:
             raise RunDirError(f"{option}: cannot open {path}: {exc.strerror}") from None
         try:
@@ -61,6 +68,11 @@ class RunLock:
             self._file.close()
             raise RunDirError(f"{option}: {run_dir} is in use by another vaelab process (pid {holder}); wait for it to "
                               f"finish or choose another run directory") from None
+        try:
+            check_run_dir(run_dir)  # before the holder changes anything in it
+        except RunDirError as exc:
+            self._file.close()
+            raise RunDirError(f"{option}: {exc}") from None
         self._file.seek(0)
         self._file.truncate()
         self._file.write(str(os.getpid()))
@@ -69,6 +81,22 @@ class RunLock:
     def release(self) -> None:
         if not self._file.closed:
             self._file.close()  # closing the descriptor drops the flock
+
+
+def check_run_dir(run_dir: Path) -> None:
+    """One RunDirError naming the first member of RUN_DIR that is a symbolic link, among the names vaelab
+    reads or writes there (.lock, checkpoints/ and its checkpoints, tensorboard/, *.json, *.jsonl,
+    *.safetensors), so a link never leads a training or a reader into another folder. The run directory's
+    own path may be a link."""
+    run_dir = Path(run_dir)
+    try:
+        entries = list(os.scandir(run_dir))
+    except OSError as exc:
+        raise RunDirError(f"cannot list {run_dir}: {exc.strerror or exc}") from None
+    for entry in sorted(entries, key=lambda e: e.name):
+        if entry.name in (LOCK_FILE, CHECKPOINT_DIR, TENSORBOARD_DIR) or entry.name.endswith((".json", ".jsonl", ".safetensors")):
+            files.check_member(run_dir, run_dir / entry.name)
+    checkpoints.checkpoint_paths(run_dir)  # refuses a link among the checkpoints
 
 
 def save_weights(run_dir: Path, model: torch.nn.Module) -> None:
@@ -84,9 +112,18 @@ def final_weights_problem(run_dir: Path) -> str | None:
 def load_run(run_dir: str | os.PathLike, device="cpu") -> tuple[torch.nn.Module, config_mod.RunConfig]:
     """Rebuild a run's model from its directory alone: config.json plus the final weights
     (or, for a run still in progress, its newest checkpoint). The model is in eval mode."""
+    model, cfg, _ = load_run_weights(run_dir, device)
+    return model, cfg
+
+
+def load_run_weights(run_dir: str | os.PathLike, device="cpu") -> tuple[torch.nn.Module, config_mod.RunConfig, dict]:
+    """load_run, plus which weights were read: {"weights": the file, relative to RUN_DIR, "step": the
+    training step they are from, "sha256": their checksum}. An evaluation records it, so that a result
+    can be told apart from the weights the run has after it trained on."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise RunDirError(f"run directory {run_dir} does not exist")
+    check_run_dir(run_dir)
     if not (run_dir / CONFIG_FILE).is_file():
         raise RunDirError(f"{run_dir}: no {CONFIG_FILE}; not a vaelab run directory")
     cfg = config_mod.load_json(run_dir / CONFIG_FILE)
@@ -95,24 +132,55 @@ def load_run(run_dir: str | os.PathLike, device="cpu") -> tuple[torch.nn.Module,
     except ConfigError as exc:
         raise RunDirError(f"{run_dir / CONFIG_FILE}: {exc}") from None
     model = build_model(cfg.model)
+    # A trainer may replace the weights or prune checkpoints while they are read: a read that lost such a
+    # race (None) is tried again.
+    for _ in range(checkpoints.READ_ATTEMPTS):
+        found = _read_weights(run_dir, cfg, device)
+        if found is not None:
+            break
+    else:
+        raise RunDirError(f"{run_dir / WEIGHTS_FILE}: replaced under each of {checkpoints.READ_ATTEMPTS} reads; try again")
+    source, step, state, digest = found
+    mismatch = checkpoints.weights_mismatch(model, state)
+    if mismatch is not None:
+        raise RunDirError(f"{source}: weights do not match {CONFIG_FILE}: {mismatch}")
+    model.load_state_dict(state)
+    # The checksum of the bytes loaded, not of whatever the path names by now.
+    identity = {"weights": source.relative_to(run_dir).as_posix(), "step": step, "sha256": digest}
+    return model.to(device).eval(), cfg, identity
+
+
+def _read_weights(run_dir: Path, cfg: config_mod.RunConfig, device) -> tuple[Path, int, dict, str] | None:
+    """(file, step, model tensors, sha256) of the final weights, or of the newest intact checkpoint when
+    there are none yet; None when the weights were replaced while being read."""
     weights = run_dir / WEIGHTS_FILE
-    if weights.is_file():
-        problem = files.verify(weights)
+    try:
+        pinned = checkpoints.pin(weights, run_dir)
+    except FileNotFoundError:
+        found = checkpoints.read_newest_intact(run_dir, device)
+        if found is None:
+            raise RunDirError(f"{run_dir}: no {WEIGHTS_FILE} and no intact checkpoint; has training started?") from None
+        path, tensors, digest = found
+        state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+        return path, checkpoints.step_of(path), state, digest
+    with pinned:
+        problem = pinned.settled_problem()
+        if problem == files.RACED:
+            return None
         if problem is not None:
             raise RunDirError(f"{weights}: damaged ({problem}); vaelab train --resume {run_dir} writes it again "
                               f"from the final checkpoint")
-        state = checkpoints.read_safetensors(weights, device)
-    else:
-        ckpt = checkpoints.newest_intact_checkpoint(run_dir)
-        if ckpt is None:
-            raise RunDirError(f"{run_dir}: no {WEIGHTS_FILE} and no intact checkpoint; has training started?")
-        state = {k[len("model."):]: v for k, v in checkpoints.read_safetensors(ckpt, device).items() if k.startswith("model.")}
+        return weights, final_step(run_dir, cfg), checkpoints.read_pinned(pinned, device), pinned.digest
+
+
+def final_step(run_dir: Path, cfg: config_mod.RunConfig) -> int:
+    """The training step of RUN_DIR/model.safetensors: summary.json's step count, written with the weights;
+    config.json's train.steps where the summary is missing (a run killed between the two writes)."""
     try:
-        model.load_state_dict(state)
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise RunDirError(f"{run_dir}: weights do not match config.json ({first})") from None
-    return model.to(device).eval(), cfg
+        steps = json.loads((Path(run_dir) / SUMMARY_FILE).read_text()).get("steps")
+    except (OSError, ValueError, AttributeError):
+        steps = None
+    return steps if isinstance(steps, int) and not isinstance(steps, bool) else cfg.train.steps
 
 
 def inherit_from_source(cfg: config_mod.RunConfig, source_dir: str | os.PathLike) -> None:
