@@ -92,9 +92,10 @@ def assert_refused(settings: list[tuple[str, str]], message: str) -> None:
 
 @pytest.fixture
 def captured(monkeypatch):
-    """The matplotlib figures vaelab.report.figures would save, kept instead of written to files."""
-    from vaelab.report import figures
+    """The matplotlib figures vaelab.report.figures and grids would save, kept instead of written to files."""
+    from vaelab.report import figures, grids
 
     figs = []
-    monkeypatch.setattr(figures, "_save", lambda fig, path: figs.append(fig) or path)
+    for module in (figures, grids):
+        monkeypatch.setattr(module, "save_figure", lambda fig, path: figs.append(fig) or path)
     return figs

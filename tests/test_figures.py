@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from vaelab.models import build_model, model_config
-from vaelab.report import figures
+from vaelab.report import figures, grids
 from vaelab.training.config import load_preset
 
 
@@ -45,7 +45,7 @@ def test_the_conditional_grid_names_fashion_mnist_classes(captured, tmp_path):
     cfg.data.dataset = "fashion-mnist"
     cfg.model.x_dim, cfg.model.image_shape, cfg.model.hidden = 784, (28, 28), (8,)
     model = build_model(cfg.model).eval()
-    figures.write_sample_grids(model, cfg, None, tmp_path / "s.png", tmp_path / "r.png", n=20)
+    grids.write_sample_grids(model, cfg, None, tmp_path / "s.png", tmp_path / "r.png", n=20)
     ax = captured[0].axes[0]
     columns, _ = _texts(ax)
     assert columns[:3] == ["T-shirt/top", "Trouser", "Pullover"] and columns[-1] == "Ankle boot"

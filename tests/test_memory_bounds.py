@@ -16,7 +16,7 @@ from vaelab.cli import main
 from vaelab.data import dsprites
 from vaelab.errors import ConfigError, DataError, VaelabError
 from vaelab.models import Model, build_model, model_config
-from vaelab.report import figures
+from vaelab.report import figures, grids
 from vaelab.training import memory
 from vaelab.training.batches import Batches
 from vaelab.training.config import load_preset, set_key
@@ -62,9 +62,9 @@ def test_sample_grids_over_the_limits_are_refused_in_one_line_before_an_image_is
     monkeypatch.setattr(Model, "reconstruct", never)
     out = tmp_path / "s.png"
     common = ["--out", out, "--recon-out", tmp_path / "r.png", "--data-dir", tiny_data, "--device", "cpu"]
-    one_line(cli("sample", run, "--n", "1000000", *common), "--n", "1,000,000", f"{figures.MAX_GRID_IMAGES:,}")
+    one_line(cli("sample", run, "--n", "1000000", *common), "--n", "1,000,000", f"{grids.MAX_GRID_IMAGES:,}")
     one_line(cli("sample", run, "--n", "10", "--ncol", "20", *common), "--ncol", "more than the 10 images")
-    one_line(cli("sample", run, "--n", "10000", "--ncol", "1", *common), "--ncol", f"{figures.MAX_IMAGE_SIDE:,} a side",
+    one_line(cli("sample", run, "--n", "10000", "--ncol", "1", *common), "--ncol", f"{grids.MAX_IMAGE_SIDE:,} a side",
              "use --ncol from 19 to 546")
     for bad in ("0", "-3"):
         one_line(cli("sample", run, "--ncol", bad, *common), "--ncol", code=2)
@@ -76,24 +76,24 @@ def test_a_label_grid_over_the_limits_is_refused_before_it_is_drawn(tmp_path, mo
     cfg.model.x_dim, cfg.model.image_shape, cfg.model.hidden = 784, (28, 28), (8,)
     model = build_model(cfg.model).eval()
     monkeypatch.setattr(Model, "label_grid", lambda *a: pytest.fail("drawn before the check"))
-    fit = figures.labelled_grid_rows(10, (28, 28))
-    assert 0 < fit * 10 <= figures.MAX_GRID_IMAGES and max(figures.labelled_grid_pixels(fit, 10, (28, 28))) <= figures.MAX_IMAGE_SIDE
+    fit = grids.labelled_grid_rows(10, (28, 28))
+    assert 0 < fit * 10 <= grids.MAX_GRID_IMAGES and max(grids.labelled_grid_pixels(fit, 10, (28, 28))) <= grids.MAX_IMAGE_SIDE
     with pytest.raises(VaelabError, match=f"--n {fit * 10:,} at most"):
-        figures.write_sample_grids(model, cfg, None, tmp_path / "s.png", tmp_path / "r.png", n=100_000)
+        grids.write_sample_grids(model, cfg, None, tmp_path / "s.png", tmp_path / "r.png", n=100_000)
     assert not list(tmp_path.iterdir())
 
 
 def test_samples_are_decoded_in_chunks_and_a_small_request_draws_what_it_always_drew(monkeypatch):
     model = build_model(model_config("vae", x_dim=784, image_shape=(28, 28), hidden=(8,), z_dim=2)).eval()
-    one_call = figures.prior_samples(model, 50, seed=3)
+    one_call = grids.prior_samples(model, 50, seed=3)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(3)
         assert torch.equal(one_call, model.sample(50))  # within one chunk: one call, as before
     sizes = []
     original = Model.sample
     monkeypatch.setattr(Model, "sample", lambda self, n: sizes.append(n) or original(self, n))
-    monkeypatch.setattr(figures, "DEFAULT_BUDGET", 784 * 16)
-    assert figures.prior_samples(model, 50, seed=3).shape == (50, 784)
+    monkeypatch.setattr(grids, "DEFAULT_BUDGET", 784 * 16)
+    assert grids.prior_samples(model, 50, seed=3).shape == (50, 784)
     assert sizes == [16, 16, 16, 2]
 
 
@@ -155,8 +155,8 @@ def test_a_traversal_of_a_large_latent_shows_the_rows_of_largest_kl(captured, mo
     assert len(rows) == figures.MAX_TRAVERSAL_ROWS == 64 and rows[0].startswith("z[0] ") and rows[-1].startswith("z[63] ")
     assert "(64 of 100 dimensions: those of largest KL)" in captured[0].axes[0].get_title()
     assert decoded == [64 * 9]
-    width, height = captured[0].get_size_inches() * figures.DPI
-    assert max(width, height) <= figures.MAX_IMAGE_SIDE
+    width, height = captured[0].get_size_inches() * grids.DPI
+    assert max(width, height) <= grids.MAX_IMAGE_SIDE
 
 
 def test_a_kl_chart_of_many_dimensions_stays_readable_in_width(captured):
@@ -217,7 +217,7 @@ def test_a_grey_grid_is_written_as_the_gray_colormap_would_without_its_float_cop
     grid = np.clip(np.random.default_rng(0).random((30, 20)).astype(np.float32) * 1.2 - 0.1, 0, 1)
     grid[0, :4] = [0, 1, 1 / 256, 255 / 256]
     matplotlib.image.imsave(tmp_path / "colormap.png", grid, cmap="gray", vmin=0.0, vmax=1.0)
-    figures.save_grid(tmp_path / "grid.png", torch.from_numpy(grid)[None], 1, (30, 20))
+    grids.save_grid(tmp_path / "grid.png", torch.from_numpy(grid)[None], 1, (30, 20))
     written = np.asarray(Image.open(tmp_path / "grid.png"))[2:-2, 2:-2]  # the grid's padding around the one image
     assert np.array_equal(written, np.asarray(Image.open(tmp_path / "colormap.png")))
 

@@ -165,7 +165,7 @@ def _eval_disentanglement(args, model, cfg, weights) -> int:
 
 
 def cmd_sample(args) -> int:
-    from ..report.figures import write_sample_grids
+    from ..report.grids import write_sample_grids
 
     model, cfg, _, load_test = _load(args)
     targets = [output_file(args.out, args.run_dir / "samples.png", "--out")]

@@ -36,7 +36,8 @@ from ..training.files import atomic_write_text, read_jsonl
 from ..training.runs import (CONFIG_FILE, METRICS_FILE, OWNER_FILE, SUMMARY_FILE, RunLock, final_step, final_weights_problem,
                              load_run_weights)
 from .compare import COMPUTED_ON, current_weights, freshness, read_eval, read_json_object, read_summary
-from .figures import training_curves, write_sample_grids
+from .figures import training_curves
+from .grids import write_sample_grids
 
 
 @dataclass
