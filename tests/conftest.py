@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import types
 from pathlib import Path
 
 import numpy as np
@@ -99,3 +100,19 @@ def captured(monkeypatch):
     for module in (figures, grids):
         monkeypatch.setattr(module, "save_figure", lambda fig, path: figs.append(fig) or path)
     return figs
+
+
+@pytest.fixture
+def cli(capsys):
+    """Run the CLI in-process (no interpreter start-up per call); returns its exit code, stdout and stderr."""
+    from vaelab.cli import main
+
+    def run(*args):
+        try:
+            code = main([str(a) for a in args])
+        except SystemExit as exc:  # argparse usage errors
+            code = exc.code
+        out, err = capsys.readouterr()
+        return types.SimpleNamespace(returncode=code, stdout=out, stderr=err)
+
+    return run

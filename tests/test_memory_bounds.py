@@ -5,7 +5,6 @@ packed, 8 pixels a byte, and unpacked a batch at a time."""
 
 from __future__ import annotations
 
-import types
 
 import numpy as np
 import pytest
@@ -22,17 +21,6 @@ from vaelab.training.batches import Batches
 from vaelab.training.config import load_preset, set_key
 
 
-@pytest.fixture
-def cli(capsys):
-    def run(*args):
-        try:
-            code = main([str(a) for a in args])
-        except SystemExit as exc:
-            code = exc.code
-        out, err = capsys.readouterr()
-        return types.SimpleNamespace(returncode=code, stdout=out, stderr=err)
-
-    return run
 
 
 def one_line(proc, *needles, code: int = 1) -> str:

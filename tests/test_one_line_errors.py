@@ -10,7 +10,6 @@ import errno
 import hashlib
 import io
 import os
-import types
 from pathlib import Path
 
 import numpy as np
@@ -23,17 +22,6 @@ from vaelab.evaluation import evaluate_images
 from vaelab.models import MODELS, build_model, model_config
 
 
-@pytest.fixture
-def cli(capsys):
-    def run(*args):
-        try:
-            code = main([str(a) for a in args])
-        except SystemExit as exc:
-            code = exc.code
-        out, err = capsys.readouterr()
-        return types.SimpleNamespace(returncode=code, stdout=out, stderr=err)
-
-    return run
 
 
 def one_line(proc, *needles) -> str:
@@ -256,3 +244,13 @@ def test_sample_and_forward_refuse_counts_out_of_range_and_sample_zero_is_empty(
     if model.spec.label_code is not None:
         with pytest.raises(ArgumentError, match="labels: expected one label for each of n = 3"):
             model.sample(3, labels=torch.tensor([0, 1]))
+
+
+def test_a_conditional_prior_checks_the_labels_it_samples_given():
+    model = build_model(model_config("cvae", image_shape=(8, 8), x_dim=64, z_dim=2, hidden=(8,), conditional_prior=True))
+    with pytest.raises(ArgumentError, match="labels: expected one label for each of n = 3"):
+        model.sample(3, labels=torch.tensor([0, 1]))
+    with pytest.raises(ArgumentError, match="labels: expected values in 0..9"):
+        model.sample(2, labels=torch.tensor([0, 10]))
+    assert model.sample(2, labels=torch.tensor([3, 4])).shape == (2, 64)
+    assert model.sample(0, labels=torch.zeros(0, dtype=torch.long)).shape == (0, 64)

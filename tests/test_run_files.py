@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import threading
 
 import pytest
@@ -343,3 +344,16 @@ def test_missing_and_unexpected_weights_are_named(uninterrupted, tmp_path):
     with pytest.raises(RunDirError, match=r"lacks encoder.0.weight, which config.json builds; holds surplus.weight, "
                                           r"which config.json does not build"):
         runs.load_run(run)
+
+
+def test_atomic_writes_give_the_mode_open_would(tmp_path):
+    """A report or config written atomically is readable by whoever could read a file written with open()."""
+    umask = os.umask(0o022)
+    try:
+        files._FILE_MODE, saved = 0o644, files._FILE_MODE
+        files.atomic_write_text(tmp_path / "report.md", "x")
+        assert stat.S_IMODE((tmp_path / "report.md").stat().st_mode) == 0o644
+    finally:
+        files._FILE_MODE = saved
+        os.umask(umask)
+    assert files._file_mode() == 0o666 & ~umask

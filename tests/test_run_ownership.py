@@ -8,7 +8,6 @@ import hashlib
 import json
 import shutil
 import signal
-import types
 
 import pytest
 
@@ -27,17 +26,6 @@ def tiny_suite(monkeypatch):
     monkeypatch.setitem(reproduce_mod.SUITES, "cs236", (TINY,))
 
 
-@pytest.fixture
-def cli(capsys):
-    def run(*args):
-        try:
-            code = main([str(a) for a in args])
-        except SystemExit as exc:
-            code = exc.code
-        out, err = capsys.readouterr()
-        return types.SimpleNamespace(returncode=code, stdout=out, stderr=err)
-
-    return run
 
 
 def reproduce_args(out, data):

@@ -21,12 +21,16 @@ def cmd_train(args) -> int:
     from ..training.runs import CONFIG_FILE
 
     if args.resume is not None:
-        allowed = {"steps", "device"}
+        from ..training.resume import RESUMABLE
+
+        # Flags of settings a resumed run may change (how long it trains, how it is watched); any other is fixed.
+        allowed = {flag for flag, key in TRAIN_FLAGS.items() if key in RESUMABLE and flag != "data_dir"}
         given = [f"--{flag.replace('_', '-')}" for flag in TRAIN_FLAGS if getattr(args, flag) is not None and flag not in allowed]
         given += ["--set"] * bool(args.set) + ["--no-download"] * args.no_download + ["--out"] * (args.out is not None)
         given += ["--from"] * (args.from_run is not None)
         if args.model is not None or given:
-            raise VaelabError(f"--resume continues the run's saved config; drop {', '.join(([args.model] if args.model else []) + given)}")
+            raise VaelabError(f"--resume continues the run's saved config; drop {', '.join(([args.model] if args.model else []) + given)} "
+                              f"(with --resume only {', '.join(sorted('--' + f.replace('_', '-') for f in allowed))} may be given)")
         if not (args.resume / CONFIG_FILE).is_file():
             raise VaelabError(f"--resume: {args.resume} is not a vaelab run directory (no {CONFIG_FILE})")
         cfg = load_json(args.resume / CONFIG_FILE)

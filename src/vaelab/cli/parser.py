@@ -79,8 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", nargs="?", help=f"preset name ({', '.join(list_presets())}) or a .toml preset file")
     p.add_argument("--out", type=Path, metavar="RUN_DIR", help="new (or empty) run directory to write")
     p.add_argument("--resume", type=Path, metavar="RUN_DIR",
-                   help="continue RUN_DIR from its newest checkpoint (model, Adam, step, RNG, batch order); "
-                        "only --steps, --device and --no-progress may be given with it")
+                   help="continue RUN_DIR from its newest checkpoint (model, Adam, step, RNG, batch order); only "
+                        "--steps, --device, --threads, --log-every, --checkpoint-every and --no-progress may be given with it. "
+                        "An edit to RUN_DIR/config.json that changes anything else is refused")
     p.add_argument("--from", dest="from_run", type=Path, metavar="RUN_DIR",
                    help="start from a finished run (vqvae-prior from a vqvae run): its model settings, dataset and frozen weights")
     p.add_argument("--steps", type=int, help="optimiser steps (default 20000)")
@@ -188,7 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("reproduce", help="run a suite of reference experiments and write a report",
                        description="Train and evaluate the assignment's experiments with the reference settings, then write "
                                    "OUT/report.md and OUT/report.html (metrics beside the write-ups' numbers, figures, wall times). "
-                                   "Finished runs under OUT/runs are reused.")
+                                   "Finished runs under OUT/runs are reused, unfinished ones resumed; a folder there that reproduce did not make "
+                                   "is refused, never deleted.")
     p.add_argument("suite", choices=("cs236",), help="cs236: VAE, GMVAE, SSVAE (gen_weight 0 and 1), conditional VAE")
     p.add_argument("--out", type=Path, required=True, metavar="DIR")
     p.add_argument("--quick", action="store_true", help="short schedules (a few minutes in all on 2 CPU cores), for smoke tests")

@@ -132,7 +132,7 @@ def existing_data_root(data_dir: str | os.PathLike | None) -> Path:
     """resolve_data_root's root, refused in one line when it was given (option or $VAELAB_DATA) and does not exist."""
     root, explicit = resolve_data_root(data_dir)
     if explicit and not root.is_dir():
-        raise DataError(f"data directory {root} does not exist")
+        raise DataError(f"data directory {root} {'is a file, not a folder' if root.exists() else 'does not exist'}")
     return root
 
 

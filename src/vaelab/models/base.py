@@ -268,6 +268,16 @@ class Model(nn.Module):
     def sample(self, n: int, labels: torch.Tensor | None = None) -> torch.Tensor:
         """Mean images for n draws from the prior, (n, D) (n = 0 gives an empty (0, D)); `labels` (n,) fixes the
         label code."""
+        n, labels = self.checked_sample_request(n, labels)
+        if n == 0:  # not every decoder takes an empty batch (a codebook's grid cannot infer its side)
+            return torch.empty(0, self.config.x_dim, device=next(self.parameters()).device)
+        codes = self.sample_codes(n)
+        if labels is not None:
+            codes[self.spec.label_code] = labels
+        return self.decode(codes)
+
+    def checked_sample_request(self, n: int, labels: torch.Tensor | None) -> tuple[int, torch.Tensor | None]:
+        """sample's arguments, checked: n a count >= 0, labels (if any) n integers in 0..C-1 on the model's device."""
         n = require_count(n, "n (images to sample)", minimum=0)
         if labels is not None and self.spec.label_code is None:
             raise ValueError(f"model {self.config.name!r} does not generate given a label")
@@ -277,12 +287,7 @@ class Model(nn.Module):
                 raise ArgumentError(f"labels: expected one label for each of n = {n} images, got shape {tuple(labels.shape)}")
             if n and not (0 <= int(labels.min()) and int(labels.max()) < self.classes):
                 raise ArgumentError(f"labels: expected values in 0..{self.classes - 1}")
-        if n == 0:  # not every decoder takes an empty batch (a codebook's grid cannot infer its side)
-            return torch.empty(0, self.config.x_dim, device=next(self.parameters()).device)
-        codes = self.sample_codes(n)
-        if labels is not None:
-            codes[self.spec.label_code] = labels
-        return self.decode(codes)
+        return n, labels
 
     @torch.no_grad()
     def reconstruct(self, batch: dict) -> torch.Tensor:

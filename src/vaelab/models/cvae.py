@@ -108,6 +108,9 @@ class ConditionalVAE(Model):
     def sample(self, n: int, labels: torch.Tensor | None = None) -> torch.Tensor:
         if labels is None or not self.config.conditional_prior:
             return super().sample(n, labels)
+        n, labels = self.checked_sample_request(n, labels)
+        if n == 0:
+            return super().sample(0)
         return self.decode({"z": self.label_prior(labels).sample(), "y": labels})  # z drawn given the labels asked for
 
     @property

@@ -188,6 +188,15 @@ def _write_error(path: Path, exc: BaseException) -> RunDirError:
     return RunDirError(f"cannot write {path}: {reason}")
 
 
+def _file_mode() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+_FILE_MODE = _file_mode()  # read once, at import: os.umask can only be read by setting it
+
+
 def atomic_write_bytes(path: Path, write, checksum: bool = False) -> None:
     """Call write(tmp_path) then rename over `path`, so a crash never leaves a half-written file.
     With checksum=True the file is then recorded in its run directory's manifest (see record)."""
@@ -201,6 +210,7 @@ def atomic_write_bytes(path: Path, write, checksum: bool = False) -> None:
         raise _write_error(path, exc) from None
     os.close(fd)
     try:
+        os.chmod(tmp, _FILE_MODE)  # mkstemp makes 0600; the file gets the mode open() would have given it
         write(tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())

@@ -122,7 +122,7 @@ def load_run_weights(run_dir: str | os.PathLike, device="cpu") -> tuple[torch.nn
     can be told apart from the weights the run has after it trained on."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
-        raise RunDirError(f"run directory {run_dir} does not exist")
+        raise RunDirError(f"run directory {run_dir} {'is a file, not a folder' if run_dir.exists() else 'does not exist'}")
     check_run_dir(run_dir)
     if not (run_dir / CONFIG_FILE).is_file():
         raise RunDirError(f"{run_dir}: no {CONFIG_FILE}; not a vaelab run directory")
