@@ -191,12 +191,17 @@ def test_cs236_labelled_subset_needs_mnist():
     assert isinstance(RunConfig(), RunConfig)
 
 
-def test_cs236_protocol_refused_for_other_datasets(tmp_path, tiny_data, capsys):
+def test_cs236_protocol_refused_for_other_datasets_whose_default_is_full(tmp_path, tiny_data, capsys):
+    import json
     import shutil
 
     shutil.copytree(tiny_data / "mnist", tmp_path / "fashion-mnist")
     common = ["--steps", "2", "--hidden", "16", "--data-dir", str(tmp_path), "--no-progress"]
     assert main(["train", "cvae", "--dataset", "fashion-mnist", *common, "--out", str(tmp_path / "run")]) == 0
-    assert main(["eval", str(tmp_path / "run")]) == 1
+    capsys.readouterr()
+    assert main(["eval", str(tmp_path / "run"), "--protocol", "cs236"]) == 1
     err = capsys.readouterr().err
     assert "--protocol cs236" in err and "fashion-mnist" in err and len(err.strip().splitlines()) == 1
+    # Without --protocol, a run on another dataset is evaluated on its whole test split.
+    assert main(["eval", str(tmp_path / "run"), "--iw", "1", "--json", "--no-save"]) == 0
+    assert json.loads(capsys.readouterr().out)["protocol"] == "full"

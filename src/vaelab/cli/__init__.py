@@ -1,4 +1,4 @@
-"""The `vaelab` command: train, eval, sample, plot, compare and reproduce.
+"""The `vaelab` command: train, eval, sample, plot, compare, reproduce and data.
 
 Errors a user can cause (missing data, corrupt files, bad options, an occupied run directory) end
 with one line on stderr naming the file or option, and a non-zero exit code; so does an OSError no
@@ -11,11 +11,12 @@ from __future__ import annotations
 import sys
 
 from ..errors import TrainingInterrupted, VaelabError
-from .commands import cmd_compare, cmd_eval, cmd_plot, cmd_reproduce, cmd_sample, cmd_train
+from .commands import cmd_compare, cmd_data, cmd_eval, cmd_plot, cmd_reproduce, cmd_sample, cmd_train
 from .parser import PLOT_KINDS, TRAIN_FLAGS, build_parser
 from .paths import os_error_line
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "sample": cmd_sample, "plot": cmd_plot, "compare": cmd_compare, "reproduce": cmd_reproduce}
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "sample": cmd_sample, "plot": cmd_plot, "compare": cmd_compare, "reproduce": cmd_reproduce,
+            "data": cmd_data}
 
 
 def main(argv=None) -> int:

@@ -87,7 +87,7 @@ def _load_weights(args):
     device = resolve_device(args.device)
     model, cfg, weights = load_run_weights(args.run_dir, device)
     data_dir = args.data_dir or cfg.data.data_dir
-    return model, cfg, device, lambda: data_mod.load(cfg.data.dataset, "test", data_dir, device, cfg.data.download), weights
+    return model, cfg, device, lambda: data_mod.load_for(cfg.data, "test", device, data_dir), weights
 
 
 def cmd_eval(args) -> int:
@@ -101,6 +101,8 @@ def cmd_eval(args) -> int:
     model, cfg, _, load_test, weights = _load_weights(args)
     if args.disentanglement:
         return _eval_disentanglement(args, model, cfg, weights)
+    if args.protocol is None:  # the cs236 subset exists for MNIST's test split only
+        args.protocol = "cs236" if cfg.data.dataset == "mnist" else "full"
     if args.protocol == "cs236" and cfg.data.dataset != "mnist":
         raise VaelabError(f"--protocol cs236 is defined on MNIST's test subset; {args.run_dir} was trained on {cfg.data.dataset}: use --protocol full")
     say = None if args.json else (lambda label: print(f"  {label} ...", file=sys.stderr, flush=True))
@@ -122,6 +124,9 @@ def cmd_eval(args) -> int:
             if key.startswith("niwae_") and not key.endswith("_sem"):
                 sem = result.get(f"{key}_sem")
                 print(f"  -IWAE-{key[6:]:<5} {value:.2f}" + (f"  (+- {sem:.2f} s.e.)" if sem is not None else ""))
+        if "bpd_nelbo" in result:  # likelihoods over 8-bit pixels
+            print("  bits/dim: " + "   ".join(f"{'NELBO' if key == 'bpd_nelbo' else '-IWAE-' + key[10:]} {value:.4f}"
+                                              for key, value in result.items() if key.startswith("bpd_")))
         if result["deterministic_posterior"]:
             print("  the posterior is a point mass: IWAE-m equals the ELBO for every m, computed once")
         if "codebook_perplexity" in result:
@@ -274,3 +279,25 @@ def cmd_compare(args) -> int:
     return 0
 
 
+
+
+def cmd_data(args) -> int:
+    from ..data.catalog import catalog
+    from ..data.datasets import resolve_data_root
+
+    root, _ = resolve_data_root(args.data_dir)
+    print(f"data root: {root}")
+    for entry in catalog(args.data_dir):
+        shape = " x ".join(str(s) for s in entry.image_shape)
+        classes = f"{len(entry.classes)} classes ({', '.join(entry.classes[:4])}{', ...' if len(entry.classes) > 4 else ''})" \
+            if entry.classes else "no labels"
+        state = {True: "present", False: "missing (downloaded on first use)", None: "the dataset does not list its files"}[entry.present]
+        if entry.present is False and not entry.files:  # generated, not downloaded
+            state = "not generated yet (generated on first use)"
+        elif entry.present is False:
+            absent = [f.name for f in entry.files if not f.is_file()]
+            state = f"missing {', '.join(absent)} (downloaded on first use)"
+        print(f"\n{entry.name}: {entry.description}")
+        print(f"  images {shape}, {classes}; splits {', '.join(entry.splits)}")
+        print(f"  files in {entry.folder if entry.folder is not None else root}: {state}")
+    return 0

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from .. import __version__
-from ..data import DATASET_NAMES
+from ..data import REGISTRY
 from ..distributions import LIKELIHOODS, POSTERIORS, PRIORS
 from ..evaluation import DEFAULT_BUDGET
 from ..nets import NETS
@@ -40,6 +40,7 @@ TRAIN_FLAGS = {
     "flow_steps": "model.flow_steps",
     "inference": "model.inference",
     "pixel_layers": "model.pixel_layers",
+    "mixtures": "model.mixtures",
     "likelihood": "model.likelihood",
     "decoder_variance": "model.decoder_variance",
     "gen_weight": "model.gen_weight",
@@ -107,11 +108,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--inference", choices=("bottom-up", "ladder"), help="hvae: bottom-up q(z_L|x) ... q(z_1|z_2,x), or ladder (top-down, precision-weighted) (default bottom-up)")
     p.add_argument("--likelihood", choices=LIKELIHOODS,
                    help="p(x|z): bernoulli on binarized pixels, gaussian (fixed variance) / gaussian-learned on pixels in [0, 1], "
-                        "or pixelcnn (autoregressive over binarized pixels, conditioned on the decoder's output)")
+                        "pixelcnn (autoregressive over binarized pixels, conditioned on the decoder's output), "
+                        "or dlogistic / dgaussian (discretized logistic mixture / Gaussian over 8-bit pixels; bounds also in bits/dim)")
+    p.add_argument("--mixtures", type=int, help="logistic components per pixel of --likelihood dlogistic (default 10)")
     p.add_argument("--decoder-variance", type=float, help="variance of the gaussian likelihood (default 0.1)")
     p.add_argument("--gen-weight", type=float, help="model.gen_weight of models trained on a labelled subset: weight of the unlabelled bound; 0 trains the classifier alone (default 1)")
     p.add_argument("--class-weight", type=float, help="model.class_weight of models trained on a labelled subset: weight of the labelled cross-entropy (default 100)")
-    p.add_argument("--dataset", choices=DATASET_NAMES, help="training data (default mnist; dsprites is generated on first use)")
+    p.add_argument("--dataset", metavar="NAME|PATH",
+                   help=f"training data: {', '.join(REGISTRY)} (default mnist; dsprites is generated on first use; `vaelab data` lists them), or a path "
+                        "to your images: a folder of PNG / JPEG / BMP files (one sub-folder per class optional) or a .npy / .npz "
+                        "array; see docs/your-data.md for data.test_path, data.test_fraction and data.image_size")
     p.add_argument("--data-dir", help="data root holding mnist/ and fashion-mnist/ (default $VAELAB_DATA, else ~/.cache/vaelab)")
     p.add_argument("--device", help="cpu, cuda, cuda:N or auto (default auto)")
     p.add_argument("--threads", type=int, help="CPU threads for torch (default 0: 1 for a step under 1 GFLOP, else one per core)")
@@ -127,8 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="evaluate a run's bounds on the test set",
                        description="Compute NELBO, KL, Rec and negative IWAE-m bounds (nats) for a trained run.")
     p.add_argument("run_dir", type=Path, metavar="RUN_DIR")
-    p.add_argument("--protocol", choices=("cs236", "full"), default="cs236",
-                   help="cs236: the 100-image subset of docs/reference.md section 1; full: all 10,000 test images (default cs236)")
+    p.add_argument("--protocol", choices=("cs236", "full"),
+                   help="cs236: the 100-image subset of docs/reference.md section 1 (MNIST only); full: the whole test split "
+                        "(default cs236 for a run trained on MNIST, full for any other)")
     p.add_argument("--iw", type=_positive_int_list, metavar="M,M,...",
                    help="importance-sample counts m for IWAE-m (default 1,10,100,1000 for cs236; 1,10,100,1000,5000 for full)")
     p.add_argument("--seed", type=int, default=0, help="seed for the evaluation's z draws (default 0)")
@@ -144,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the networks' matrix products: fp32, tf32 (CUDA only) or bf16; log-weights and logsumexp stay "
                         "float32 (default fp32; docs/performance.md gives each one's error)")
     p.add_argument("--disentanglement", action="store_true",
-                   help="instead of the bounds: the beta-VAE, FactorVAE, MIG and DCI metrics of a run trained on dsprites, "
+                   help="instead of the bounds: the beta-VAE, FactorVAE, MIG and DCI metrics of a run trained on dsprites or color-dsprites, "
                         "written to RUN_DIR/eval-disentanglement.json")
     p.add_argument("--metric-points", type=int, default=10_000,
                    help="training points of each disentanglement metric (at least 10), half as many held out (default 10000, as disentanglement_lib)")
@@ -186,6 +193,12 @@ def build_parser() -> argparse.ArgumentParser:
                                    "evaluation found in each run directory; training curves overlaid.")
     p.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR")
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="folder for compare.md, compare.csv and curves.png")
+
+    p = sub.add_parser("data", help="list the datasets vaelab knows by name, and whether their files are present",
+                       description="One entry per registered dataset: what it is, its image shape, classes and splits, where its "
+                                   "files are looked for, and whether they are there (missing ones are downloaded on first use; "
+                                   "docs/datasets.md).")
+    p.add_argument("--data-dir", help="data root to look in (default $VAELAB_DATA, else ~/.cache/vaelab)")
     p = sub.add_parser("reproduce", help="run a suite of reference experiments and write a report",
                        description="Train and evaluate the assignment's experiments with the reference settings, then write "
                                    "OUT/report.md and OUT/report.html (metrics beside the write-ups' numbers, figures, wall times). "

@@ -1,4 +1,6 @@
-"""Datasets: locating and downloading MNIST / Fashion-MNIST / SVHN, loading, binarization, cs236 subsets.
+"""The built-in datasets: locating and downloading MNIST / Fashion-MNIST / SVHN, loading, binarization, cs236
+subsets; each is registered (data/registry.py) with the generated dSprites. A path instead of a name loads the
+user's own images (data/user.py).
 
 Images are held as one uint8 tensor on the training device; batches are taken by index and
 binarized there (a fresh Bernoulli draw per batch), so no per-item Python runs in the hot path.
@@ -21,6 +23,7 @@ from ..errors import DataError
 from . import dsprites
 from .checksums import file_digest
 from .formats import read_idx, read_svhn_mat
+from .registry import Dataset, lookup, register_dataset
 
 @dataclass(frozen=True)
 class DatasetSpec:
@@ -105,13 +108,14 @@ DATASETS = {
 }
 
 
-DATASET_NAMES = (*DATASETS, "dsprites")
-"""Every dataset `load` knows: the downloaded ones and the generated dSprites."""
+DATASET_NAMES = (*DATASETS, "dsprites", "color-dsprites")
+"""Every dataset `load` knows by name: the downloaded ones and the generated dSprites, plain and coloured (the
+registry's names)."""
 
 
 def image_shape_of(dataset: str) -> tuple[int, ...]:
-    """The shape of one image of a dataset, without reading it."""
-    return (dsprites.SIZE, dsprites.SIZE) if dataset == "dsprites" else DATASETS[dataset].image_shape
+    """The shape of one image of a registered dataset, without reading it."""
+    return lookup(dataset).image_shape
 
 
 def default_cache_dir() -> Path:
@@ -196,13 +200,18 @@ class ImageSet:
 
     Binary images may be held packed, 8 pixels a byte (dsprites: 372 MB instead of 3 GB): then `images` is
     (N, ceil(D / 8)) uint8 as numpy's packbits writes rows, `packed_shape` one image's shape, and `uint8(index)`
-    unpacks only the images asked for."""
+    unpacks only the images asked for. Such a set may carry a colour per image, `colours` uint8 (N, C): an image is
+    then its mask times its colour, (C, *packed_shape), made only for the images asked for (colour dSprites: 2 MB
+    of colours beside the packed masks instead of 9 GB of images)."""
 
     images: torch.Tensor
     labels: torch.Tensor
     name: str = ""
     factors: torch.Tensor | None = None
     packed_shape: tuple[int, ...] | None = None
+    classes: tuple[str, ...] = ()
+    """The names of labels 0, 1, ... (empty when the images carry no labels)."""
+    colours: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -213,18 +222,25 @@ class ImageSet:
 
     @property
     def image_shape(self) -> tuple[int, ...]:
-        return tuple(self.packed_shape) if self.packed_shape is not None else tuple(self.images.shape[1:])
+        if self.packed_shape is None:
+            return tuple(self.images.shape[1:])
+        return tuple(self.packed_shape) if self.colours is None else (self.colours.shape[1], *self.packed_shape)
 
     def to(self, device) -> "ImageSet":
         return ImageSet(self.images.to(device), self.labels.to(device), self.name,
-                        None if self.factors is None else self.factors.to(device), self.packed_shape)
+                        None if self.factors is None else self.factors.to(device), self.packed_shape, self.classes,
+                        None if self.colours is None else self.colours.to(device))
 
     def uint8(self, index=None) -> torch.Tensor:
         """The images (or those at `index`) as uint8 (n, *image_shape), unpacked if held packed."""
         images = self.images if index is None else self.images[index]
         if self.packed_shape is None:
             return images
-        return unpack_bits(images, self.x_dim).view(images.shape[0], *self.packed_shape)
+        if self.colours is None:
+            return unpack_bits(images, self.x_dim).view(images.shape[0], *self.packed_shape)
+        mask = unpack_bits(images, int(np.prod(self.packed_shape)), on=1)
+        colours = self.colours if index is None else self.colours[index]
+        return (mask.unsqueeze(1) * colours.unsqueeze(-1)).view(images.shape[0], *self.image_shape)
 
     def pixels(self, index=None) -> torch.Tensor:
         """Flattened float pixels in [0, 1] (the value / 255 used by the reference)."""
@@ -232,12 +248,12 @@ class ImageSet:
         return images.reshape(images.shape[0], -1).float().div_(255.0)
 
 
-def unpack_bits(rows: torch.Tensor, pixels: int) -> torch.Tensor:
-    """Rows of bits packed 8 a byte, most significant first (numpy's packbits), as (n, pixels) uint8 in {0, 255}, on
+def unpack_bits(rows: torch.Tensor, pixels: int, on: int = 255) -> torch.Tensor:
+    """Rows of bits packed 8 a byte, most significant first (numpy's packbits), as (n, pixels) uint8 in {0, on}, on
     the rows' device."""
     shifts = torch.arange(7, -1, -1, dtype=torch.uint8, device=rows.device)
     bits = rows.unsqueeze(-1).bitwise_right_shift(shifts).bitwise_and_(1).view(rows.shape[0], -1)[:, :pixels]
-    return bits.mul_(255)
+    return bits.mul_(on) if on != 1 else bits
 
 
 # The shapes of the published IDX files (MNIST and Fashion-MNIST alike): a file of one of these shapes
@@ -274,12 +290,19 @@ def _load_idx(images_path: Path, labels_path: Path, spec: DatasetSpec) -> tuple[
     return images, labels
 
 
-def load(dataset: str = "mnist", split: str = "train", data_dir=None, device="cpu", download_missing: bool = True) -> ImageSet:
-    """Load one split of a dataset as an ImageSet on `device`."""
-    if dataset == "dsprites":  # generated, not downloaded: data/dsprites.py; held packed, as the cache is
+def load(dataset: str = "mnist", split: str = "train", data_dir=None, device="cpu", download_missing: bool = True,
+         test_path=None, test_fraction=None, image_size=None) -> ImageSet:
+    """Load one split of a dataset as an ImageSet on `device`. `dataset` is a registered name or a path to your own
+    images (a folder, or a .npy / .npz array; docs/your-data.md), to which `test_path`, `test_fraction` and
+    `image_size` apply."""
+    if dataset not in DATASET_NAMES:  # another registered dataset, or a path
+        return lookup(dataset, test_path, test_fraction, image_size).load(split, data_dir, device, download_missing)
+    if dataset in ("dsprites", "color-dsprites"):  # generated, not downloaded: data/dsprites.py; held packed, as the cache is
         packed, factors = dsprites.load_split(existing_data_root(data_dir) / "dsprites", split)
+        colours = torch.from_numpy(dsprites.colours_of(dsprites.split_indices(split))).to(device) if dataset == "color-dsprites" else None
         factors = torch.from_numpy(factors).to(device)
-        return ImageSet(torch.from_numpy(packed).to(device), factors[:, 0], f"{dataset}-{split}", factors, (dsprites.SIZE, dsprites.SIZE))
+        return ImageSet(torch.from_numpy(packed).to(device), factors[:, 0], f"{dataset}-{split}", factors, (dsprites.SIZE, dsprites.SIZE),
+                        dsprites.SHAPES, colours)
     spec = DATASETS.get(dataset)
     if spec is not None and split not in spec.splits:
         raise DataError(f"unknown split {split!r} of {dataset} (choose from {', '.join(spec.splits)})")
@@ -288,109 +311,31 @@ def load(dataset: str = "mnist", split: str = "train", data_dir=None, device="cp
     images, labels = _load_idx(*paths, spec) if spec.format == "idx" else read_svhn_mat(paths[0])
     # read_idx's arrays are writable views of their own buffers, so torch takes them without a copy.
     images = images if images.flags.writeable else images.copy()
-    return ImageSet(torch.from_numpy(images).to(device), torch.from_numpy(labels.astype(np.int64)).to(device), f"{dataset}-{split}")
+    return ImageSet(torch.from_numpy(images).to(device), torch.from_numpy(labels.astype(np.int64)).to(device), f"{dataset}-{split}",
+                    classes=spec.classes)
+
+
+class BuiltinDataset(Dataset):
+    """A registered built-in dataset: its spec answers for it (dSprites has no spec: it is generated)."""
+
+    def __init__(self, name: str, image_shape: tuple[int, ...], classes: tuple[str, ...], splits: tuple[str, ...]):
+        self.name, self.image_shape, self.classes, self.splits = name, tuple(image_shape), tuple(classes), tuple(splits)
+
+    def load(self, split: str = "train", data_dir=None, device="cpu", download: bool = True) -> ImageSet:
+        return load(self.name, split, data_dir, device, download)
+
+
+for _spec in DATASETS.values():
+    register_dataset(BuiltinDataset(_spec.name, _spec.image_shape, _spec.classes, tuple(_spec.splits)))
+register_dataset(BuiltinDataset("dsprites", (dsprites.SIZE, dsprites.SIZE), dsprites.SHAPES, ("train", "test")))
+register_dataset(BuiltinDataset("color-dsprites", (3, dsprites.SIZE, dsprites.SIZE), dsprites.SHAPES, ("train", "test")))
 
 
 def factor_data(dataset: str, data_dir=None) -> "dsprites.Factors":
-    """The ground-truth factors of a dataset generated from known factors (dsprites), for the disentanglement metrics."""
-    if dataset != "dsprites":
-        raise DataError(f"{dataset} has no known generative factors; the disentanglement metrics need a run trained on dsprites")
-    return dsprites.Factors(existing_data_root(data_dir) / "dsprites")
-
-
-def binarize(pixels: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """One Bernoulli draw per pixel: x ~ Bernoulli(pixel), with torch.bernoulli's random stream.
-    The fixed evaluation sets are drawn this way, so their numbers stay comparable across versions."""
-    return torch.bernoulli(pixels, generator=generator)
-
-
-def model_input(images, binary: bool = True, seed: int | None = 0, device=None) -> torch.Tensor:
-    """Images as a dataset gives them, as the flat float pixels a model takes.
-
-    `images`: a tensor or numpy array, uint8 in 0..255 or float in [0, 1], of shape (N, H, W),
-    (N, C, H, W) or already flat (N, D); one image without the N axis is taken as a batch of one only if
-    you add it. Returns (N, D) float32 values / 255 and, for a model of binary pixels (`model.binary_pixels`),
-    one Bernoulli draw of them, seeded by `seed` (None: torch's global stream) as the evaluation sets are."""
-    x = torch.as_tensor(images)
-    if x.ndim < 2:
-        raise DataError(f"images: expected a batch (N, H, W), (N, C, H, W) or (N, D), got shape {tuple(x.shape)}")
-    if x.dtype == torch.uint8:
-        x = x.float().div_(255.0)
-    elif x.is_floating_point():
-        if x.numel() and bool(x.isnan().any()):  # NaN passes both range comparisons below
-            raise DataError(f"images: {int(x.isnan().sum())} NaN pixels; float pixels must lie in [0, 1]")
-        if x.numel() and (float(x.min()) < 0 or float(x.max()) > 1):
-            raise DataError("images: float pixels must lie in [0, 1] (uint8 images are divided by 255)")
-        x = x.float()
-    else:
-        raise DataError(f"images: expected uint8 or float pixels, got {x.dtype}")
-    x = x.reshape(x.shape[0], -1)
-    if binary:
-        x = binarize(x.cpu(), torch.Generator().manual_seed(seed) if seed is not None else None)
-    return x.to(device) if device is not None else x
-
-
-def binarize_batch(images: torch.Tensor) -> torch.Tensor:
-    """A training batch of uint8 images (N, ...) as flattened binary float pixels (N, D): the same
-    Bernoulli(pixel / 255) draw as `binarize`, taken as 1[u < pixel / 255] = 1[255 u < pixel] with
-    u ~ U[0, 1), straight from the uint8 values. On the CPU a uniform draw and one comparison take a
-    fraction of torch.bernoulli's time per batch (docs/performance.md). Its random stream differs
-    from torch.bernoulli's, so it is used for training batches only."""
-    flat = images.reshape(images.shape[0], -1)
-    return torch.empty(flat.shape, device=flat.device).uniform_(0, 255).lt_(flat)
-
-
-# --- The cs236 subsets (docs/reference.md section 1): positions among the images of each digit. ---
-CS236_TEST_POSITIONS = (
-    (684, 559, 629, 192, 835, 763, 707, 359, 9, 723),
-    (277, 599, 1094, 600, 314, 705, 551, 87, 174, 849),
-    (537, 845, 72, 777, 115, 976, 755, 448, 850, 99),
-    (984, 177, 755, 797, 659, 147, 910, 423, 288, 961),
-    (265, 697, 639, 544, 543, 714, 244, 151, 675, 510),
-    (459, 882, 183, 28, 802, 128, 128, 53, 550, 488),
-    (756, 273, 335, 388, 617, 42, 442, 543, 888, 257),
-    (57, 291, 779, 430, 91, 398, 611, 908, 633, 84),
-    (203, 324, 774, 964, 47, 639, 131, 972, 868, 180),
-    (1000, 846, 143, 660, 227, 954, 791, 719, 909, 373),
-)
-CS236_TRAIN_LABELLED_POSITIONS = (
-    (2732, 2607, 1653, 3264, 4931, 4859, 5827, 1033, 4373, 5874),
-    (5924, 3468, 6458, 705, 2599, 2135, 2222, 2897, 1701, 537),
-    (2893, 2163, 5072, 4851, 2046, 1871, 2496, 99, 2008, 755),
-    (797, 659, 3219, 423, 3337, 2745, 4735, 544, 714, 2292),
-    (151, 2723, 3531, 2930, 1207, 802, 2176, 2176, 1956, 3622),
-    (3560, 756, 4369, 4484, 1641, 3114, 4984, 4353, 4071, 4009),
-    (2105, 3942, 3191, 430, 4187, 2446, 2659, 1589, 2956, 2681),
-    (4180, 2251, 4420, 4870, 1071, 4735, 6132, 5251, 5068, 1204),
-    (3918, 1167, 1684, 3299, 2767, 2957, 4469, 560, 5425, 1605),
-    (5795, 1472, 3678, 256, 3762, 5412, 1954, 816, 2435, 1634),
-)
-
-
-def subset_indices(labels: torch.Tensor, positions=CS236_TEST_POSITIONS) -> torch.Tensor:
-    """Global indices of the images at `positions[d][j]` among the images of digit d, digits in order."""
-    labels = labels.cpu()
-    picked = []
-    for digit, row in enumerate(positions):
-        of_digit = torch.nonzero(labels == digit).flatten()
-        row_t = torch.tensor(row, dtype=torch.long)
-        if len(of_digit) <= int(row_t.max()):
-            raise DataError(f"subset needs position {int(row_t.max())} of digit {digit}, but only {len(of_digit)} images have that label")
-        picked.append(of_digit[row_t])
-    return torch.cat(picked)
-
-
-def cs236_test_subset(test: ImageSet, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """The 100-image evaluation subset, binarized once as the reference does:
-    `torch.manual_seed(0); x = torch.bernoulli(x)` on the CPU. Returns (x, y) on the set's device."""
-    index = subset_indices(test.labels)
-    pixels = test.pixels(index.to(test.images.device)).cpu()
-    x = binarize(pixels, torch.Generator().manual_seed(seed))
-    return x.to(test.images.device), test.labels[index.to(test.labels.device)]
-
-
-def binarized_test_set(test: ImageSet, seed: int = 0) -> torch.Tensor:
-    """The whole test set binarized once with a fixed seed (CPU generator, so it is the same on any device)."""
-    if test.packed_shape is not None:  # already binary: a Bernoulli draw of pixels in {0, 1} is the pixels, without a second copy
-        return test.pixels()
-    return binarize(test.pixels().cpu(), torch.Generator().manual_seed(seed)).to(test.images.device)
+    """The ground-truth factors of a dataset generated from known factors (dsprites, color-dsprites), for the
+    disentanglement metrics."""
+    if dataset not in ("dsprites", "color-dsprites"):
+        raise DataError(f"{dataset} has no known generative factors; the disentanglement metrics need a run trained on dsprites "
+                        "or color-dsprites")
+    factors = dsprites.ColourFactors if dataset == "color-dsprites" else dsprites.Factors
+    return factors(existing_data_root(data_dir) / "dsprites")

@@ -16,6 +16,13 @@ Labels are the shape (0, 1, 2); `factors` carries all five.
 
 The images stay packed wherever they are held (a split, the factor data of the metrics): unpacked they would be 3 GB
 as uint8 and 12 GB as floats; batches are unpacked as they are drawn.
+
+Colour dSprites (`color-dsprites`, disentanglement_lib's ColorDSprites): the same images, (3, 64, 64), each sprite
+drawn in one colour on black. disentanglement_lib draws the colour uniform in [0.5, 1] per channel and image; here
+each channel is uniform over the 8-bit levels 128..255 (the same range at 8 bits), a function of the image's index
+alone (`colours_of`), so an image has the same colour in every split, subset and in the metrics' factor data. The
+colour is not a factor. Held as the packed masks plus (N, 3) uint8 colours (2 MB for the full set; the images
+would be 9 GB), coloured a batch at a time (`ImageSet.colours`).
 """
 
 from __future__ import annotations
@@ -198,3 +205,36 @@ class Factors:
     def observations(self, factors: np.ndarray) -> np.ndarray:
         """Images (n, 64, 64) uint8 in {0, 255} for factor indices (n, 5)."""
         return unpack(self.packed[index_of(factors)])
+
+
+COLOUR_SEED = 0xC0105
+"""The fixed seed of colour dSprites' colours."""
+
+
+def colours_of(index: np.ndarray) -> np.ndarray:
+    """Colour dSprites' colour of images by their index in the full set: (n, 3) uint8, each channel in 128..255.
+
+    A splitmix64 hash of (seed, index, channel) rather than a random generator's stream: it is the same for any
+    subset of indices and does not depend on numpy's generator versions."""
+    with np.errstate(over="ignore"):  # wrapping uint64 arithmetic is the hash
+        z = (np.asarray(index, dtype=np.uint64).reshape(-1, 1) * np.uint64(3) + np.arange(3, dtype=np.uint64)
+             + np.uint64(COLOUR_SEED) * np.uint64(0x9E3779B97F4A7C15))
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z ^= z >> np.uint64(31)
+    return (np.uint64(128) + (z >> np.uint64(57))).astype(np.uint8)  # the top 7 bits: 128 levels
+
+
+def colour(rows: np.ndarray, colours: np.ndarray) -> np.ndarray:
+    """Packed rows (n, 512) drawn in `colours` (n, 3) uint8 on black: images (n, 3, 64, 64) uint8."""
+    mask = np.unpackbits(rows, axis=1)
+    return (mask[:, None, :] * colours[:, :, None]).reshape(len(rows), 3, SIZE, SIZE)
+
+
+class ColourFactors(Factors):
+    """Colour dSprites' factors for the metrics: dSprites' five, each image in its own colour (`colours_of`)."""
+
+    def observations(self, factors: np.ndarray) -> np.ndarray:
+        """Images (n, 3, 64, 64) uint8 for factor indices (n, 5)."""
+        index = index_of(factors)
+        return colour(self.packed[index], colours_of(index))

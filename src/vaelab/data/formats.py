@@ -1,4 +1,5 @@
-"""File formats of the datasets: IDX (MNIST, Fashion-MNIST; raw or gzip) and SVHN's MATLAB .mat files.
+"""File formats of the datasets: IDX (MNIST, Fashion-MNIST; raw or gzip), SVHN's MATLAB .mat files and the named
+arrays of other .mat files (Omniglot, Caltech 101 Silhouettes, Frey Faces).
 
 Readers validate before they allocate and raise DataError naming the file for anything malformed.
 """
@@ -155,3 +156,30 @@ def read_svhn_mat(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
         raise DataError(f"{path}: SVHN labels must lie in 1..10 (10 meaning digit 0)")
     labels = labels.astype(np.int64) % 10
     return np.ascontiguousarray(images.transpose(3, 2, 0, 1)), labels
+
+
+def read_mat_arrays(path: str | os.PathLike, names, optional=()) -> dict:
+    """The named arrays of a MATLAB .mat file (v4 to v7.2; scipy.io.loadmat, which never unpickles), after checking that
+    the header claims no more than MAX_MAT_BYTES. Raises DataError naming the file when it is unreadable or a required
+    array is absent; `optional` arrays are returned when present."""
+    import scipy.io
+
+    path = Path(path)
+    wanted = [*names, *optional]
+    try:
+        declared = {name: (shape, dtype) for name, shape, dtype in scipy.io.whosmat(str(path))}
+        claimed = sum(int(np.prod(shape, dtype=object)) * _MAT_ITEMSIZE.get(dtype, 8) for name, (shape, dtype) in declared.items()
+                      if name in wanted)
+        if claimed > MAX_MAT_BYTES or any(d < 0 for name in wanted if name in declared for d in declared[name][0]):
+            raise DataError(f"{path}: .mat header claims {claimed} bytes of arrays, more than the {MAX_MAT_BYTES} allowed")
+        missing = [n for n in names if n not in declared]
+        if missing:
+            raise DataError(f"{path}: expected variables {', '.join(names)}, found {', '.join(sorted(declared)) or 'none'}")
+        contents = scipy.io.loadmat(str(path), variable_names=[n for n in wanted if n in declared])
+    except DataError:
+        raise
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except Exception as exc:  # scipy raises ValueError, TypeError, MatReadError, zlib errors... for bad files
+        raise DataError(f"{path}: not a readable .mat file ({type(exc).__name__}: {str(exc)[:120]})") from None
+    return {n: contents[n] for n in wanted if n in contents}

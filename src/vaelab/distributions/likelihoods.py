@@ -1,5 +1,6 @@
 """Observation models p(x | decoder output): Bernoulli for binary pixels, Gaussian for continuous ones,
-and the autoregressive PixelCNN over binary pixels (pixelcnn.py).
+the autoregressive PixelCNN over binary pixels (pixelcnn.py), and the discretized logistic mixture and
+discretized Gaussian over 8-bit pixels (discretized.py).
 A likelihood is a setting of a model (model.likelihood); each maps the decoder's output to a
 torch distribution with event shape (x_dim,)."""
 
@@ -13,12 +14,20 @@ from torch.distributions import Distribution, Independent, Normal, constraints
 from torch.nn import functional as F
 
 from .common import full_precision
+from .discretized import DiscretizedLikelihood, parameters_per_pixel
 from .pixelcnn import PixelCNNLikelihood
 
-LIKELIHOODS = ("bernoulli", "gaussian", "gaussian-learned", "pixelcnn")
+LIKELIHOODS = ("bernoulli", "gaussian", "gaussian-learned", "pixelcnn", "dlogistic", "dgaussian")
 # Likelihoods of binary pixels: their models train on dynamically binarized images and are evaluated
 # on a fixed binarization; the others see pixels in [0, 1].
 BINARY_LIKELIHOODS = ("bernoulli", "pixelcnn")
+# Likelihoods of 8-bit pixels (values / 255, not binarized): their bounds are also reported in bits per dimension.
+EIGHT_BIT_LIKELIHOODS = ("dlogistic", "dgaussian")
+
+
+def outputs_per_pixel(name: str, mixtures: int = 1) -> int:
+    """How many decoder outputs the likelihood takes per pixel (the decoder gives this many blocks of D)."""
+    return parameters_per_pixel(name, mixtures) if name in EIGHT_BIT_LIKELIHOODS else 1
 
 
 class IndependentBernoulli(Distribution):
@@ -112,8 +121,11 @@ class GaussianLikelihood(nn.Module):
 
 
 def build_likelihood(name: str, x_dim: int, variance: float = 0.1, image_shape: tuple[int, ...] | None = None,
-                     pixel_layers: int = 3, pixel_channels: int = 32) -> nn.Module:
-    """The likelihood named by model.likelihood; pixelcnn needs the image shape and its layer settings."""
+                     pixel_layers: int = 3, pixel_channels: int = 32, mixtures: int = 10) -> nn.Module:
+    """The likelihood named by model.likelihood; pixelcnn needs the image shape and its layer settings,
+    dlogistic its number of mixture components."""
+    if name in EIGHT_BIT_LIKELIHOODS:
+        return DiscretizedLikelihood(x_dim, name, mixtures)
     if name == "pixelcnn":
         return PixelCNNLikelihood(image_shape, pixel_layers, pixel_channels)
     if name == "bernoulli":

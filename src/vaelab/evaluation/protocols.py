@@ -6,6 +6,8 @@ cs236 (docs/reference.md section 1): the fixed 100-image test subset, binarized 
 full (the literature's): all 10,000 test images binarized once with a fixed seed; NELBO, KL, Rec
     averaged over 10 repeats; negative IWAE-m with one estimate per image, reported with its
     standard error over images; active units per latent group.
+A model with a likelihood over 8-bit pixels (dlogistic, dgaussian) sees the pixels / 255, not binarized, and its
+bounds are also given in bits per dimension (bpd_nelbo, bpd_niwae_<m>: nats / (D ln 2), D = C x H x W).
 What the model needs (labels for every image, a classifier to score) is read from its spec.
 """
 
@@ -51,7 +53,8 @@ def evaluate_images(model, images, labels=None, iws=(1, 10, 100, 1000), seed: in
     """Bounds on log p(x) (or log p(x | y)) for images as a dataset gives them: uint8 or [0, 1] floats,
     (N, H, W), (N, C, H, W) or flat (see data.model_input). For a binary model the images are binarized
     once with seed 0; `seed` fixes the z draws. Returns nats: nelbo, kl, rec (means over `repeats` draws)
-    and niwae_<m> with niwae_<m>_sem, its standard error over images, for each m in iws."""
+    and niwae_<m> with niwae_<m>_sem, its standard error over images, for each m in iws; for a likelihood over
+    8-bit pixels also bpd_nelbo and bpd_niwae_<m> (bits per dimension)."""
     iws = _sample_counts(iws)
     repeats, budget = require_count(repeats, "repeats"), require_count(budget, "budget")
     device = next(model.parameters()).device
@@ -72,8 +75,19 @@ def evaluate_images(model, images, labels=None, iws=(1, 10, 100, 1000), seed: in
         iws, repeats, _ = bound_plan(model, iws, repeats)
         result.update(elbo_terms(model, x, repeats, budget, y))
         result.update(_iwae_metrics(model, x, y, iws, lambda m: 1, budget, standard_errors=True))
+        result.update(bits_per_dim(model, result))
     model.train(was_training)
     return result
+
+
+def bits_per_dim(model, result: dict) -> dict:
+    """The bounds of `result` in bits per dimension, nats / (D ln 2), for a likelihood over 8-bit pixels; none for the
+    others (nats over binarized or continuous pixels are not on the scale of 8-bit bits/dim)."""
+    if not model.config.eight_bit_pixels:
+        return {}
+    per_bit = model.config.x_dim * math.log(2)
+    bounds = {key: value for key, value in result.items() if key == "nelbo" or (key.startswith("niwae_") and not key.endswith("_sem"))}
+    return {f"bpd_{key}": value / per_bit for key, value in bounds.items()}
 
 
 def _sample_counts(iws) -> tuple[int, ...]:
@@ -189,6 +203,7 @@ def evaluate(model, test: data_mod.ImageSet, protocol: str = "cs236", iws=None, 
             result["accuracy"] = accuracy(model, test.pixels(), test.labels)
             result["accuracy_images"] = len(test)
         result.update(_iwae_metrics(bounded, x, y, iws, repeats_of, budget, standard_errors=protocol == "full", progress=progress))
+        result.update(bits_per_dim(model, result))
         result.update(latent_diagnostics(model, x, y, progress))
     model.train(was_training)
     result["seconds"] = round(time.perf_counter() - start, 2)

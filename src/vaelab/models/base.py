@@ -29,7 +29,7 @@ from typing import Callable, ClassVar, Union
 import torch
 from torch import nn
 
-from ..distributions import BINARY_LIKELIHOODS, LIKELIHOODS
+from ..distributions import BINARY_LIKELIHOODS, EIGHT_BIT_LIKELIHOODS, LIKELIHOODS, outputs_per_pixel
 from ..errors import ArgumentError, require_count
 from ..nets import NETS
 
@@ -59,7 +59,9 @@ class ModelConfig:
     """Hidden activation: elu, relu or tanh."""
     likelihood: str = "bernoulli"
     """p(x|z): bernoulli (binarized data), gaussian (fixed variance), gaussian-learned (learned per-pixel
-    variance); the Gaussian ones train and evaluate on continuous pixels in [0, 1], not binarized."""
+    variance), pixelcnn (autoregressive, binarized data), dlogistic (discretized logistic mixture) or dgaussian
+    (discretized Gaussian) over 8-bit pixels; all but bernoulli and pixelcnn train and evaluate on the pixels / 255,
+    not binarized (docs/likelihoods.md)."""
     decoder_variance: float = 0.1
     """Variance of the gaussian likelihood (the reference FSVAE uses 0.1); initial value for gaussian-learned."""
     pixel_layers: int = 3
@@ -67,16 +69,34 @@ class ModelConfig:
     to the left; few layers keep the decoder weak, so z carries the global structure)."""
     pixel_channels: int = 32
     """Channels of each pixelcnn layer."""
+    mixtures: int = 10
+    """Logistic components per pixel of the dlogistic likelihood (10, as PixelCNN++ and NVAE); the decoder gives
+    3 x mixtures outputs per pixel."""
 
     @property
     def binary_pixels(self) -> bool:
         """Whether the likelihood is over binarized pixels (then data are binarized) or continuous ones."""
         return self.likelihood in BINARY_LIKELIHOODS
 
+    @property
+    def eight_bit_pixels(self) -> bool:
+        """Whether the likelihood is a distribution over the 256 values of a pixel (its bounds also go in bits per dimension)."""
+        return self.likelihood in EIGHT_BIT_LIKELIHOODS
+
+    @property
+    def decoder_shape(self) -> tuple[int, ...]:
+        """The decoder's output shape: the image's, with one channel per likelihood parameter of each pixel channel
+        (a likelihood with P parameters per pixel reads the flat output as P blocks of x_dim)."""
+        p = outputs_per_pixel(self.likelihood, self.mixtures)
+        shape = tuple(self.image_shape)
+        if p == 1:
+            return shape
+        return (p * shape[0], *shape[1:]) if len(shape) != 2 else (p, *shape)
+
     def likelihood_options(self) -> dict:
         """The keyword arguments of distributions.build_likelihood besides its name and x_dim."""
         return {"variance": self.decoder_variance, "image_shape": tuple(self.image_shape), "pixel_layers": self.pixel_layers,
-                "pixel_channels": self.pixel_channels}
+                "pixel_channels": self.pixel_channels, "mixtures": self.mixtures}
 
     def net_options(self) -> dict:
         """The keyword arguments of nets.build_encoder / build_decoder besides the net kind."""

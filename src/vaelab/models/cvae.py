@@ -50,7 +50,7 @@ class ConditionalVAE(Model):
         self.posterior_family = build_posterior(cfg.posterior, cfg.z_dim, cfg.flow_steps, cfg.flow_hidden)
         self.encoder = build_encoder(cfg.net, cfg.image_shape, self.posterior_family.n_params, context_features=cfg.classes,
                                      **cfg.net_options())
-        self.decoder = build_decoder(cfg.net, cfg.z_dim + cfg.classes, cfg.image_shape, **cfg.net_options())
+        self.decoder = build_decoder(cfg.net, cfg.z_dim + cfg.classes, cfg.decoder_shape, **cfg.net_options())
         if cfg.conditional_prior:
             self.label_prior = LabelConditionalPrior(cfg.z_dim, cfg.classes)
         else:

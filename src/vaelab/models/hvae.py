@@ -71,7 +71,7 @@ class HierarchicalVAE(Model):
         super().__init__(cfg)
         dims, options = tuple(cfg.z_dims), cfg.net_options()
         self.dims = dims
-        self.decoder = build_decoder(cfg.net, dims[0], cfg.image_shape, **options)
+        self.decoder = build_decoder(cfg.net, dims[0], cfg.decoder_shape, **options)
         self.observation = build_likelihood(cfg.likelihood, cfg.x_dim, **cfg.likelihood_options())
         # p(z_l | z_{l+1}) for l = 1 .. L-1, index l - 1.
         self.conditional_priors = nn.ModuleList(mlp(dims[l + 1], tuple(cfg.hidden), 2 * dims[l], cfg.activation) for l in range(len(dims) - 1))

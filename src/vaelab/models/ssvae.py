@@ -45,7 +45,7 @@ class SSVAE(Model):
         self.posterior_family = build_posterior(cfg.posterior, cfg.z_dim, cfg.flow_steps, cfg.flow_hidden)
         self.encoder = build_encoder(cfg.net, cfg.image_shape, self.posterior_family.n_params, context_features=cfg.classes,
                                      **cfg.net_options())
-        self.decoder = build_decoder(cfg.net, cfg.z_dim + cfg.classes, cfg.image_shape, **cfg.net_options())
+        self.decoder = build_decoder(cfg.net, cfg.z_dim + cfg.classes, cfg.decoder_shape, **cfg.net_options())
         # The reference classifier uses ReLU whatever the other networks use.
         self.classifier = build_encoder(cfg.net, cfg.image_shape, cfg.classes, **{**cfg.net_options(), "activation": "relu"})
         self.prior = build_prior(cfg.prior, cfg.z_dim, cfg.prior_components, cfg.x_dim, cfg.flow_steps, cfg.flow_hidden)

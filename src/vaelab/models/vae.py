@@ -64,7 +64,7 @@ class VAE(Model):
         super().__init__(cfg)
         self.posterior_family = build_posterior(cfg.posterior, cfg.z_dim, cfg.flow_steps, cfg.flow_hidden)
         self.encoder = build_encoder(cfg.net, cfg.image_shape, self.posterior_family.n_params, **cfg.net_options())
-        self.decoder = build_decoder(cfg.net, cfg.z_dim, cfg.image_shape, **cfg.net_options())
+        self.decoder = build_decoder(cfg.net, cfg.z_dim, cfg.decoder_shape, **cfg.net_options())
         self.prior = build_prior(cfg.prior, cfg.z_dim, cfg.prior_components, cfg.x_dim, cfg.flow_steps, cfg.flow_hidden)
         self.observation = build_likelihood(cfg.likelihood, cfg.x_dim, **cfg.likelihood_options())
 

@@ -24,7 +24,8 @@ from ..training.files import read_jsonl
 from ..training.runs import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, WEIGHTS_FILE
 from .figures import training_curves
 
-EVAL_KEYS = ("nelbo", "kl", "rec", "niwae_1", "niwae_10", "niwae_100", "niwae_1000", "niwae_5000", "accuracy", "active_units",
+EVAL_KEYS = ("nelbo", "kl", "rec", "niwae_1", "niwae_10", "niwae_100", "niwae_1000", "niwae_5000", "bpd_nelbo", "bpd_niwae_1",
+             "bpd_niwae_10", "bpd_niwae_100", "bpd_niwae_1000", "bpd_niwae_5000", "accuracy", "active_units",
              "mutual_information", "marginal_kl", "codebook_perplexity", "codes_in_use")
 DISENTANGLEMENT = "disentanglement"
 DISENTANGLEMENT_KEYS = ("beta_vae", "factor_vae", "mig", "dci_disentanglement", "dci_completeness", "dci_informativeness")
@@ -253,7 +254,7 @@ def _fmt(value, column: str = "") -> str:
     if value is None:
         return ""
     if isinstance(value, float):
-        return f"{value:.4f}" if column.endswith("accuracy") else f"{value:.2f}"
+        return f"{value:.4f}" if column.endswith("accuracy") or ".bpd_" in column else f"{value:.2f}"
     return str(value)
 
 

@@ -180,11 +180,11 @@ def write_sample_grids(model, cfg, test, out, recon_out, n: int = 200, ncol: int
         recon_ncol = min(DEFAULT_NCOL if ncol is None else ncol, x.shape[0])
         check_grid(2 * x.shape[0], recon_ncol, shape, "--recon-n (two images each)", "--ncol")
     if labelled:
-        from ..data import DATASETS
+        from ..data import dataset_for
 
         grid = label_grid(model, max(1, n // model.classes), seed)
-        spec = DATASETS.get(cfg.data.dataset)
-        names = spec.classes[: grid.shape[1]] if spec is not None else [str(c) for c in range(grid.shape[1])]
+        names = list(dataset_for(cfg.data).classes[: grid.shape[1]])
+        names += [str(c) for c in range(len(names), grid.shape[1])]
         labelled_grid(out, grid, shape, f"{cfg.train.label or cfg.model.name}: one draw of z per row, decoded under every label",
                       col_labels=names, xlabel="label y (content)", ylabel="draw of z (style)")
     else:

@@ -196,7 +196,7 @@ def _evaluate_and_draw(exp: Experiment, run_dir: Path, device: str, data_dir) ->
         start = time.perf_counter()
         device = resolve_device(device)
         model, cfg, weights = load_run_weights(run_dir, device)
-        test = data_mod.load(cfg.data.dataset, "test", data_dir or cfg.data.data_dir, device, cfg.data.download)
+        test = data_mod.load_for(cfg.data, "test", device, data_dir)
         result = evaluate(model, test, exp.protocol, exp.iws, seed=0)
         result = {"run": str(run_dir), "model": cfg.model.name, "label": run_label(cfg), "dataset": cfg.data.dataset,
                   COMPUTED_ON: weights, **result}

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from ..data import DATASET_NAMES
+from ..data import REGISTRY, is_path
 from ..distributions import LIKELIHOODS
 from ..errors import ConfigError
 from ..models import ModelConfig, build_model, model_class
@@ -55,7 +55,18 @@ class ObjectiveConfig:
 @dataclass
 class DataConfig:
     dataset: str = "mnist"
-    """mnist, fashion-mnist, svhn, or dsprites (generated on first use: data/dsprites.py)."""
+    """A registered dataset (`vaelab data` lists them: mnist, fashion-mnist, svhn, cifar10, static-mnist, omniglot,
+    caltech101, frey, dsprites and color-dsprites, generated on first use; docs/datasets.md), or user: your images at
+    data.path (`--dataset PATH` sets both; docs/your-data.md)."""
+    path: typing.Optional[str] = None
+    """Your images: a folder of PNG / JPEG / BMP files (optionally one sub-folder per class) or a .npy / .npz array;
+    when set, it is the training data. Recorded as an absolute path."""
+    test_path: typing.Optional[str] = None
+    """Your test images, laid out as data.path; without it data.test_fraction of data.path's images are held out."""
+    test_fraction: float = 0.1
+    """The fraction of data.path's images held out as the test split (drawn with a fixed seed) when data.test_path is not set."""
+    image_size: typing.Optional[int] = None
+    """Center-crop your images to a square and resize them to this side; needed when they differ in size."""
     data_dir: typing.Optional[str] = None
     """Root holding mnist/ and fashion-mnist/; default $VAELAB_DATA, else ~/.cache/vaelab."""
     download: bool = True
@@ -189,6 +200,8 @@ def validate(cfg: RunConfig) -> None:
         (m.pixel_layers >= 1 and m.pixel_channels >= 1, "model.pixel_layers", "pixel_layers and pixel_channels must be >= 1"),
         (m.likelihood == "pixelcnn" or (m.pixel_layers, m.pixel_channels) == (ModelConfig.pixel_layers, ModelConfig.pixel_channels),
          "model.pixel_layers", "pixel_layers and pixel_channels apply to likelihood = pixelcnn only"),
+        (m.mixtures >= 1, "model.mixtures", "must be >= 1"),
+        (m.likelihood == "dlogistic" or m.mixtures == ModelConfig.mixtures, "model.mixtures", "applies to likelihood = dlogistic only"),
         (m.likelihood != "pixelcnn" or len(m.image_shape) == 2 or (len(m.image_shape) == 3 and m.image_shape[0] == 1),
          "model.likelihood", f"pixelcnn models single-channel images; this dataset's are {tuple(m.image_shape)}"),
         (o.kind in ("elbo", "iwae"), "objective.kind", "must be elbo or iwae"),
@@ -202,7 +215,13 @@ def validate(cfg: RunConfig) -> None:
         (o.free_bits == 0 or o.kind == "elbo", "objective.free_bits", "applies to the elbo objective only"),
         *[(getattr(o, f.name) == getattr(defaults, f.name) or f.name in spec.objective_settings, f"objective.{f.name}",
            f"not supported by model {m.name!r}") for f in dataclasses.fields(o) if f.name != "kind"],
-        (cfg.data.dataset in DATASET_NAMES, "data.dataset", f"must be one of {', '.join(DATASET_NAMES)}"),
+        (cfg.data.dataset in REGISTRY or bool(cfg.data.path) or is_path(cfg.data.dataset), "data.dataset",
+         f"must be one of {', '.join(REGISTRY)}, or a path to your images"),
+        (cfg.data.dataset != "user" or bool(cfg.data.path), "data.path", "data.dataset = user needs the path of your images"),
+        (0 < cfg.data.test_fraction < 1, "data.test_fraction", "must lie strictly between 0 and 1"),
+        (cfg.data.image_size is None or cfg.data.image_size >= 1, "data.image_size", "must be >= 1"),
+        *[(bool(cfg.data.path) or is_path(cfg.data.dataset) or getattr(cfg.data, key) == getattr(DataConfig, key), f"data.{key}",
+           "applies to your own images (data.path) only") for key in ("test_path", "test_fraction", "image_size")],
         (cfg.data.labelled in ("cs236", "random"), "data.labelled", "must be cs236 or random"),
         (spec.labels == "subset" or (cfg.data.labelled, cfg.data.labels_per_class) == (DataConfig.labelled, DataConfig.labels_per_class),
          "data.labelled", f"applies to models trained on a labelled subset; {m.name!r} is not"),
@@ -238,6 +257,28 @@ MAX_LR = 10.0
 # A Gaussian decoder's fixed variance per pixel (pixels lie in [0, 1]): far outside this range the loss is
 # the variance's scale, not the image (and 1e-300 is 0 in float32: an infinite loss at the first step).
 DECODER_VARIANCE = (1e-6, 1e6)
+
+
+def check_labels(cfg: RunConfig, train_set) -> None:
+    """A model that takes labels has room for every label of its training images (your images may have more than 10 classes)."""
+    classes = getattr(cfg.model, "classes", None)
+    if classes is None or model_class(cfg.model.name).spec.labels == "none" or not len(train_set):
+        return
+    top = int(train_set.labels.max())
+    if top >= classes:
+        named = f" ({len(train_set.classes)} classes)" if train_set.classes else ""
+        raise ConfigError(f"model.classes: {classes}, but the training images' labels go up to {top}{named}; set model.classes={top + 1}")
+
+
+def resolve_data_source(cfg: RunConfig) -> None:
+    """Your images named by data.dataset (`--dataset PATH`) move to data.path, with data.dataset = user, and their
+    paths become absolute, so config.json finds them again from any folder."""
+    d = cfg.data
+    if not d.path and is_path(d.dataset):
+        d.path = d.dataset
+    if d.path:
+        d.dataset = "user"
+        d.path, d.test_path = (str(Path(p).expanduser().absolute()) if p else p for p in (d.path, d.test_path))
 
 
 def _float_settings(obj, prefix: str = ""):

@@ -24,7 +24,7 @@ from ..models import build_model, model_class
 from . import checkpoints, distributed, files, runs
 from . import resume as resume_mod
 from .batches import Batches
-from .config import RunConfig, run_label, save_json, validate
+from .config import RunConfig, check_labels, resolve_data_source, run_label, save_json, validate
 from .guard import NonFiniteGuard
 from .memory import check_step_memory
 from .threads import auto_threads, step_flops
@@ -159,7 +159,8 @@ def train(cfg: RunConfig, run_dir: str | Path, progress: bool = True, resume: bo
     result is the same as an uninterrupted run. Under torchrun each process trains on its shard of
     every batch and only rank 0 writes (see vaelab.distributed)."""
     run_dir = Path(run_dir)
-    if cfg.data.dataset in data_mod.DATASET_NAMES:  # settings are checked against the dataset's image shape, not MNIST's
+    resolve_data_source(cfg)
+    if cfg.data.dataset in data_mod.REGISTRY:  # settings are checked against the dataset's image shape, not MNIST's
         shape = data_mod.image_shape_of(cfg.data.dataset)
         cfg.model.x_dim, cfg.model.image_shape = math.prod(shape), shape
     validate(cfg)
@@ -188,9 +189,10 @@ def _train(cfg: RunConfig, run_dir: Path, progress: bool, resume: bool, ctx: dis
     # refused. None for a new run, else the settings the resume changes (resume.RESUMABLE only).
     changes = ctx.rank_0_first(lambda: resume_mod.lock_and_compare(run_dir, cfg, locks), peer_error) if resume else None
     # Everything that can fail on user input happens before the run directory is created.
-    train_set = data_mod.load(cfg.data.dataset, "train", cfg.data.data_dir, device, cfg.data.download)
+    train_set = data_mod.load_for(cfg.data, "train", device)
     cfg.model.x_dim, cfg.model.image_shape = train_set.x_dim, train_set.image_shape
     validate(cfg)  # again with the shape the files have, should they differ from the one the dataset declares
+    check_labels(cfg, train_set)
     check_step_memory(cfg, device)  # a step too large for the device is refused before anything big is allocated
     torch.manual_seed(cfg.train.seed)
     batches = Batches(train_set, cfg, model_class(cfg.model.name).spec.labels, cfg.model.binary_pixels, device)

@@ -200,7 +200,8 @@ def inherit_from_source(cfg: config_mod.RunConfig, source_dir: str | os.PathLike
     for name in shared - {"name"}:
         setattr(cfg.model, name, getattr(source.model, name))
     cfg.model.source_run = str(source_dir)
-    cfg.data.dataset, cfg.data.data_dir = source.data.dataset, source.data.data_dir
+    for key in ("dataset", "data_dir", "path", "test_path", "test_fraction", "image_size"):
+        setattr(cfg.data, key, getattr(source.data, key))
 
 
 def start_from_source(model: torch.nn.Module, cfg: config_mod.RunConfig, device: torch.device) -> None:
