@@ -116,3 +116,16 @@ def cli(capsys):
         return types.SimpleNamespace(returncode=code, stdout=out, stderr=err)
 
     return run
+
+
+@pytest.fixture
+def tiny_factors(monkeypatch):
+    """dSprites (and colour dSprites) of 128 images (every factor has 2 or 4 values), 28 of them the test split."""
+    from vaelab.data import dsprites
+
+    sizes = (2, 2, 2, 4, 4)
+    monkeypatch.setattr(dsprites, "FACTOR_SIZES", sizes)
+    monkeypatch.setattr(dsprites.Factors, "factor_sizes", sizes)
+    monkeypatch.setattr(dsprites, "IMAGES", 128)
+    monkeypatch.setattr(dsprites, "TEST_IMAGES", 28)
+    monkeypatch.setattr(dsprites, "generate", lambda: np.packbits(dsprites.render(dsprites.factors_of(np.arange(128))).reshape(128, -1) > 0, axis=1))

@@ -7,22 +7,10 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import pytest
 import torch
 
 from vaelab import data
 from vaelab.data import dsprites
-
-
-@pytest.fixture
-def tiny_factors(monkeypatch):
-    """A dSprites of 128 images (every factor has 2 or 4 values), 28 of them the test split."""
-    sizes = (2, 2, 2, 4, 4)
-    monkeypatch.setattr(dsprites, "FACTOR_SIZES", sizes)
-    monkeypatch.setattr(dsprites.Factors, "factor_sizes", sizes)
-    monkeypatch.setattr(dsprites, "IMAGES", 128)
-    monkeypatch.setattr(dsprites, "TEST_IMAGES", 28)
-    monkeypatch.setattr(dsprites, "generate", lambda: np.packbits(dsprites.render(dsprites.factors_of(np.arange(128))).reshape(128, -1) > 0, axis=1))
 
 
 def test_images_are_coloured_sprites_on_black(tiny_factors, tmp_path):

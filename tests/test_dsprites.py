@@ -67,17 +67,6 @@ def test_the_cache_is_written_once_read_back_and_checked(small, tmp_path):
         data.load("dsprites", "test", tmp_path / "missing")
 
 
-@pytest.fixture
-def tiny_factors(monkeypatch):
-    """A dSprites of 128 images (every factor has 2 or 4 values), 28 of them the test split."""
-    sizes = (2, 2, 2, 4, 4)
-    monkeypatch.setattr(dsprites, "FACTOR_SIZES", sizes)
-    monkeypatch.setattr(dsprites.Factors, "factor_sizes", sizes)
-    monkeypatch.setattr(dsprites, "IMAGES", 128)
-    monkeypatch.setattr(dsprites, "TEST_IMAGES", 28)
-    monkeypatch.setattr(dsprites, "generate", lambda: np.packbits(dsprites.render(dsprites.factors_of(np.arange(128))).reshape(128, -1) > 0, axis=1))
-
-
 def test_disentanglement_of_a_trained_run_and_its_labelled_traversal(tiny_factors, tmp_path, capsys, captured):
     import json
 
