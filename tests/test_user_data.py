@@ -59,6 +59,19 @@ def test_a_folder_with_class_sub_folders_trains_evaluates_and_samples_from_the_c
     assert (tmp_path / "samples.png").is_file()
 
 
+def test_settings_are_checked_against_the_shape_of_the_users_images(cli, tmp_path):
+    """Four stride-2 convolutions need sides that divide by 16: 16 x 16 colour images train, where MNIST's 28 x 28
+    would be refused; the shape comes from the images, before the run directory is made."""
+    folder = write_pngs(tmp_path / "rgb", n=4, size=(16, 16), rgb=True)
+    conv = ["--net", "conv", "--channels", "4,4,4,4", "--likelihood", "dlogistic", "--mixtures", "1"]
+    proc = cli("train", "vae", "--dataset", folder, *conv, "--out", tmp_path / "run", *FAST)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["model"]["image_shape"] == [3, 16, 16]
+    write_pngs(tmp_path / "grey", n=4, size=(12, 12))
+    proc = cli("train", "vae", "--dataset", tmp_path / "grey", *conv, "--out", tmp_path / "refused", *FAST)
+    assert proc.returncode == 1 and "model.net" in proc.stderr and not (tmp_path / "refused").exists()
+
+
 def test_class_names_come_from_the_sub_folders_and_colour_images_are_held_as_svhn_is(tmp_path):
     write_pngs(tmp_path / "rgb", classes=("b", "a"), n=5, size=(6, 4), rgb=True)
     images = data.load(tmp_path / "rgb", "train", test_fraction=0.2)

@@ -160,9 +160,11 @@ def train(cfg: RunConfig, run_dir: str | Path, progress: bool = True, resume: bo
     every batch and only rank 0 writes (see vaelab.distributed)."""
     run_dir = Path(run_dir)
     resolve_data_source(cfg)
-    if cfg.data.dataset in data_mod.REGISTRY:  # settings are checked against the dataset's image shape, not MNIST's
-        shape = data_mod.image_shape_of(cfg.data.dataset)
-        cfg.model.x_dim, cfg.model.image_shape = math.prod(shape), shape
+    # Settings are checked against the dataset's image shape, not MNIST's: a registered dataset declares it, the
+    # user's images are read for it (once: the decoded array is cached), still before the run directory is made.
+    if cfg.data.dataset in data_mod.REGISTRY or cfg.data.path:
+        shape = data_mod.dataset_for(cfg.data).image_shape
+        cfg.model.x_dim, cfg.model.image_shape = math.prod(shape), tuple(shape)
     validate(cfg)
     ctx = distributed.setup(resolve_device(cfg.train.device))
     locks: list[runs.RunLock] = []
