@@ -116,7 +116,7 @@ def test_the_decoded_folder_is_cached_and_read_again_when_it_changes(tmp_path, m
     folder = write_pngs(tmp_path / "pictures", n=4)
     decoded = []
     real = user.decode_image
-    monkeypatch.setattr(user, "decode_image", lambda path, size=None: decoded.append(path) or real(path, size))
+    monkeypatch.setattr(user, "decode_image", lambda path, *args: decoded.append(path) or real(path, *args))
     first = data.load(folder, "train")
     assert len(decoded) == 8
     cached = list((tmp_path / "cache" / "vaelab" / "user-images").iterdir())

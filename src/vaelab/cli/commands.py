@@ -295,8 +295,9 @@ def cmd_data(args) -> int:
         if entry.present is False and not entry.files:  # generated, not downloaded
             state = "not generated yet (generated on first use)"
         elif entry.present is False:
-            absent = [f.name for f in entry.files if not f.is_file()]
-            state = f"missing {', '.join(absent)} (downloaded on first use)"
+            absent = [f.name for f in entry.files if not f.exists()]
+            how = "downloaded on first use" if entry.downloaded else "not downloaded: put them there by hand, docs/datasets.md"
+            state = f"missing {', '.join(absent)} ({how})"
         print(f"\n{entry.name}: {entry.description}")
         print(f"  images {shape}, {classes}; splits {', '.join(entry.splits)}")
         print(f"  files in {entry.folder if entry.folder is not None else root}: {state}")

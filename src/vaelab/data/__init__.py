@@ -13,6 +13,7 @@ from .user import UserImages
 from . import cifar  # registers cifar10
 from . import static_mnist  # registers static-mnist
 from . import matlab_sets  # registers omniglot, caltech101, frey
+from . import celeba  # registers celeba
 
 __all__ = ["CS236_TEST_POSITIONS", "CS236_TRAIN_LABELLED_POSITIONS", "DATASET_NAMES", "DATASETS", "DatasetSpec", "ImageSet", "binarize",
            "binarize_batch", "binarized_test_set", "cs236_test_subset", "default_cache_dir", "download", "factor_data", "file_digest", "image_shape_of",

@@ -33,6 +33,8 @@ class Entry:
     files: list[Path]
     present: bool | None
     """Whether every file is there (None: the dataset does not say which files it reads)."""
+    downloaded: bool = True
+    """Whether missing files are downloaded on first use (False: they must be put there by hand)."""
 
 
 def _files(dataset: Dataset, root: Path, data_dir) -> tuple[Path | None, list[Path]]:
@@ -61,13 +63,13 @@ def describe(dataset: Dataset, data_dir=None) -> Entry:
     except DataError:  # a data root that does not exist: nothing is present
         folder, files = None, []
     if files:
-        present = all(f.is_file() for f in files)
+        present = all(f.exists() for f in files)  # a dataset may read a whole folder (celeba's JPEGs)
     elif folder is not None and dataset.name in GENERATED:
         present = folder.is_dir() and any(folder.iterdir())
     else:
         present = None
     return Entry(dataset.name, description, tuple(dataset.image_shape), tuple(dataset.classes), tuple(dataset.splits), folder,
-                 files, present)
+                 files, present, getattr(dataset, "downloaded", True))
 
 
 def catalog(data_dir=None) -> list[Entry]:

@@ -37,31 +37,34 @@ GREY_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
 _BLOCK = 256  # images decoded per task: one future per image would cost more than a small PNG's decode
 
 
-def decode_image(path: str | Path, image_size: int | None = None) -> np.ndarray:
-    """One image file as uint8 (H, W) or (H, W, 3); with image_size, center-cropped to a square and resized to it."""
+def decode_image(path: str | Path, image_size: int | None = None, crop: int | None = None) -> np.ndarray:
+    """One image file as uint8 (H, W) or (H, W, 3); with image_size, center-cropped to a square (of side `crop`, else
+    the shorter side) and resized to it."""
     from PIL import Image
 
     try:
         with Image.open(path) as im:
+            if crop and min(im.size) < crop:
+                raise DataError(f"{path}: is {im.size[0]}x{im.size[1]}, smaller than the {crop} x {crop} center crop")
             im = im.convert("L" if im.mode in GREY_MODES else "RGB")
             if image_size:
-                im = _crop_resize(im, image_size)
+                im = _crop_resize(im, image_size, crop)
             return np.asarray(im, dtype=np.uint8)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise DataError(f"{path}: not a readable image ({type(exc).__name__}: {str(exc)[:100]})") from None
 
 
-def _crop_resize(im, size: int):
+def _crop_resize(im, size: int, crop: int | None = None):
     from PIL import Image
 
     w, h = im.size
-    side = min(w, h)
+    side = crop or min(w, h)
     left, top = (w - side) // 2, (h - side) // 2
     return im.crop((left, top, left + side, top + side)).resize((size, size), Image.Resampling.BILINEAR)
 
 
-def _decode_block(paths, image_size):
-    return [decode_image(p, image_size) for p in paths]
+def _decode_block(paths, image_size, crop=None):
+    return [decode_image(p, image_size, crop) for p in paths]
 
 
 def _scan(folder: str, recursive: bool) -> tuple[list[str], list[str]]:
@@ -118,17 +121,20 @@ def _stack(files: list[str], arrays: list[np.ndarray], image_size, where: Path) 
     return np.stack(arrays)
 
 
-def decode_folder(folder: Path, files: list[str], image_size, workers: int | None = None) -> np.ndarray:
+def decode_folder(folder: Path, files: list[str], image_size, workers: int | None = None, crop: int | None = None) -> np.ndarray:
     """Every file decoded (in a thread pool: Pillow's decoders release the GIL) and stacked, sizes checked."""
     blocks = [files[i : i + _BLOCK] for i in range(0, len(files), _BLOCK)]
     workers = workers or min(8, os.cpu_count() or 1)
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        arrays = [a for block in pool.map(_decode_block, blocks, [image_size] * len(blocks)) for a in block]
+        arrays = [a for block in pool.map(_decode_block, blocks, [image_size] * len(blocks), [crop] * len(blocks)) for a in block]
     return _stack(files, arrays, image_size, folder)
 
 
-def _fingerprint(folder: Path, files: list[str], image_size) -> str:
-    digest = hashlib.sha256(json.dumps({"version": CACHE_VERSION, "path": str(folder), "image_size": image_size}).encode())
+def _fingerprint(source: str, files: list[str], image_size, crop=None) -> str:
+    described = {"version": CACHE_VERSION, "path": source, "image_size": image_size}
+    if crop:  # only when set, so the entries cached before crops existed keep their keys
+        described["crop"] = crop
+    digest = hashlib.sha256(json.dumps(described).encode())
     for path in files:
         st = os.stat(path)
         digest.update(f"{path}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
@@ -149,7 +155,7 @@ def _read_cache(cache: Path, key: str):
         return arrays["images"], arrays["labels"], tuple(meta["classes"])
 
 
-def _write_cache(cache: Path, key: str, source: Path, images, labels, classes) -> None:
+def _write_cache(cache: Path, key: str, source: str, images, labels, classes) -> None:
     try:
         cache.mkdir(parents=True, exist_ok=True)
         buffer = io.BytesIO()
@@ -169,19 +175,28 @@ def _write_cache(cache: Path, key: str, source: Path, images, labels, classes) -
         warn(f"{cache}: could not cache the decoded images ({exc})")
 
 
-def read_folder(folder: Path, image_size=None, cache_dir: Path | None = None):
-    """(images, labels, classes) of a folder of images, from the cache when its files are unchanged."""
+def read_images_cached(folder: Path, files: list[str], labels, classes=(), image_size=None, cache_dir: Path | None = None,
+                       source: str | None = None, crop: int | None = None):
+    """(images, labels, classes) of these image files under `folder`: decoded in parallel and cached with their sha256,
+    then read from the cache while the files are unchanged. `source` (default the folder) names the cache entry that a
+    newer read of it replaces."""
     from .datasets import default_cache_dir
 
-    files, labels, classes = list_folder(folder)
-    key = _fingerprint(folder, files, image_size)
+    source = source or str(folder)
+    key = _fingerprint(source, files, image_size, crop)
     cache = Path(cache_dir or default_cache_dir()) / CACHE_FOLDER
     cached = _read_cache(cache, key)
     if cached is not None:
         return cached
-    images = decode_folder(folder, files, image_size)
-    _write_cache(cache, key, folder, images, labels, classes)
+    images = decode_folder(folder, files, image_size, crop=crop)
+    _write_cache(cache, key, source, images, labels, classes)
     return images, labels, classes
+
+
+def read_folder(folder: Path, image_size=None, cache_dir: Path | None = None):
+    """(images, labels, classes) of a folder of images, from the cache when its files are unchanged."""
+    files, labels, classes = list_folder(folder)
+    return read_images_cached(folder, files, labels, classes, image_size, cache_dir)
 
 
 def read_array(path: Path, image_size=None):
