@@ -125,27 +125,8 @@ def read_svhn_mat(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
 
     Returns uint8 images of shape (N, 3, 32, 32) and int64 labels in 0..9 (the files store digit 0
     as label 10). Raises DataError naming the file when it is unreadable or its arrays are malformed."""
-    import scipy.io
-
     path = Path(path)
-    try:
-        # Read the declared shapes first: a hostile header must not make loadmat allocate terabytes.
-        declared = {name: (shape, dtype) for name, shape, dtype in scipy.io.whosmat(str(path))}
-        negative = [name for name, (shape, _) in declared.items() if any(d < 0 for d in shape)]
-        if negative:
-            raise DataError(f"{path}: .mat header declares a negative dimension for {', '.join(negative)}")
-        claimed = sum(int(np.prod(shape, dtype=object)) * _MAT_ITEMSIZE.get(dtype, 8) for shape, dtype in declared.values())
-        if claimed > MAX_MAT_BYTES:
-            raise DataError(f"{path}: .mat header claims {claimed} bytes of arrays, more than the {MAX_MAT_BYTES} allowed")
-        contents = scipy.io.loadmat(str(path), variable_names=["X", "y"])
-    except DataError:
-        raise
-    except FileNotFoundError:
-        raise DataError(f"{path}: file not found") from None
-    except Exception as exc:  # scipy raises ValueError, TypeError, MatReadError, zlib errors... for bad files
-        raise DataError(f"{path}: not a readable .mat file ({type(exc).__name__}: {str(exc)[:120]})") from None
-    if "X" not in contents or "y" not in contents:
-        raise DataError(f"{path}: expected variables X and y, found {sorted(k for k in contents if not k.startswith('__'))}")
+    contents = read_mat_arrays(path, ["X", "y"])
     images, labels = contents["X"], contents["y"]
     if images.ndim != 4 or images.shape[:3] != (32, 32, 3) or images.dtype != np.uint8 or images.shape[3] == 0:
         raise DataError(f"{path}: X must be uint8 of shape (32, 32, 3, N) with N >= 1, got {images.dtype} {images.shape}")
@@ -167,14 +148,19 @@ def read_mat_arrays(path: str | os.PathLike, names, optional=()) -> dict:
     path = Path(path)
     wanted = [*names, *optional]
     try:
-        declared = {name: (shape, dtype) for name, shape, dtype in scipy.io.whosmat(str(path))}
-        claimed = sum(int(np.prod(shape, dtype=object)) * _MAT_ITEMSIZE.get(dtype, 8) for name, (shape, dtype) in declared.items()
-                      if name in wanted)
-        if claimed > MAX_MAT_BYTES or any(d < 0 for name in wanted if name in declared for d in declared[name][0]):
+        # Read the declared shapes first: a hostile header must not make loadmat allocate terabytes.
+        declared = {name: (shape, dtype) for name, shape, dtype in scipy.io.whosmat(str(path)) if name in wanted}
+        negative = [name for name, (shape, _) in declared.items() if any(d < 0 for d in shape)]
+        if negative:  # scipy would read a negative dimension as a huge positive one
+            raise DataError(f"{path}: .mat header declares a negative dimension for {', '.join(negative)}")
+        claimed = sum(int(np.prod(shape, dtype=object)) * _MAT_ITEMSIZE.get(dtype, 8) for shape, dtype in declared.values())
+        if claimed > MAX_MAT_BYTES:
             raise DataError(f"{path}: .mat header claims {claimed} bytes of arrays, more than the {MAX_MAT_BYTES} allowed")
         missing = [n for n in names if n not in declared]
         if missing:
-            raise DataError(f"{path}: expected variables {', '.join(names)}, found {', '.join(sorted(declared)) or 'none'}")
+            expected = " and ".join(", ".join(names).rsplit(", ", 1))
+            found = sorted(name for name, _, _ in scipy.io.whosmat(str(path)))
+            raise DataError(f"{path}: expected variables {expected}, found {', '.join(found) or 'none'}")
         contents = scipy.io.loadmat(str(path), variable_names=[n for n in wanted if n in declared])
     except DataError:
         raise
