@@ -129,3 +129,14 @@ def tiny_factors(monkeypatch):
     monkeypatch.setattr(dsprites, "IMAGES", 128)
     monkeypatch.setattr(dsprites, "TEST_IMAGES", 28)
     monkeypatch.setattr(dsprites, "generate", lambda: np.packbits(dsprites.render(dsprites.factors_of(np.arange(128))).reshape(128, -1) > 0, axis=1))
+
+
+def killed_copy(uninterrupted: Path, folder: Path) -> Path:
+    """A copy of the reference run as a kill -9 after its final checkpoint leaves it: no weights, no summary."""
+    import shutil
+
+    run = folder / "run"
+    shutil.copytree(uninterrupted, run)
+    for name in ("model.safetensors", "summary.json"):
+        (run / name).unlink()
+    return run

@@ -15,7 +15,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from conftest import RESUMABLE_TRAIN
+from conftest import RESUMABLE_TRAIN, killed_copy
 from vaelab.cli import main
 from vaelab.errors import TrainingDiverged
 
@@ -25,15 +25,6 @@ STEP_120 = "checkpoints/step-0000120.safetensors"
 def _same_weights(a, b):
     wa, wb = load_file(str(a / "model.safetensors")), load_file(str(b / "model.safetensors"))
     return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
-
-
-def _killed_copy(uninterrupted, tmp_path):
-    """The reference run as a kill -9 after its final checkpoint leaves it: no weights, no summary."""
-    run = tmp_path / "run"
-    shutil.copytree(uninterrupted, run)
-    for name in ("model.safetensors", "summary.json"):
-        (run / name).unlink()
-    return run
 
 
 def _one_line(capsys):
@@ -59,7 +50,7 @@ def test_checkpoints_are_written_by_the_clock_too(tiny_data, tmp_path):
 
 
 def test_a_run_killed_before_its_first_checkpoint_starts_again_to_identical_weights(uninterrupted, tmp_path, capsys):
-    run = _killed_copy(uninterrupted, tmp_path)
+    run = killed_copy(uninterrupted, tmp_path)
     shutil.rmtree(run / "checkpoints")
     (run / "manifest.json").unlink()
     (run / "metrics.jsonl").write_text((uninterrupted / "metrics.jsonl").read_text().splitlines()[0] + "\n")
@@ -128,7 +119,7 @@ CONTENT_DAMAGE = {
 
 @pytest.mark.parametrize("damage", [*CHECKSUM_DAMAGE, *CONTENT_DAMAGE])
 def test_resume_falls_back_from_a_damaged_checkpoint_to_the_next_older_one(uninterrupted, tmp_path, capsys, damage):
-    run = _killed_copy(uninterrupted, tmp_path)
+    run = killed_copy(uninterrupted, tmp_path)
     if damage in CHECKSUM_DAMAGE:
         CHECKSUM_DAMAGE[damage](run)
     else:
@@ -143,7 +134,7 @@ def test_resume_falls_back_from_a_damaged_checkpoint_to_the_next_older_one(unint
 
 
 def test_no_intact_checkpoint_is_one_line(uninterrupted, tmp_path, capsys):
-    run = _killed_copy(uninterrupted, tmp_path)
+    run = killed_copy(uninterrupted, tmp_path)
     for path in (run / "checkpoints").glob("step-*.safetensors"):
         _flip_byte(path)
     assert main(["train", "--resume", str(run), "--no-progress"]) == 1

@@ -22,6 +22,7 @@ from vaelab.models import build_model
 from vaelab.training import checkpoints, files, runs
 from vaelab.training.config import load_json
 from vaelab.training.loop import make_optimizer
+from conftest import killed_copy
 
 STEP_120 = "checkpoints/step-0000120.safetensors"
 STEP_100 = "checkpoints/step-0000100.safetensors"
@@ -37,15 +38,6 @@ def _tree(folder):
     return out
 
 
-def _killed_copy(uninterrupted, folder):
-    """The reference run as a kill -9 after its final checkpoint leaves it: no weights, no summary."""
-    run = folder / "run"
-    shutil.copytree(uninterrupted, run)
-    for name in ("model.safetensors", "summary.json"):
-        (run / name).unlink()
-    return run
-
-
 def _error_line(capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "Traceback" not in err[0], err
@@ -59,7 +51,7 @@ def _same_weights(a, b):
 
 # ---------------------------------------------------------------- symbolic links inside a run directory
 def test_a_lock_that_is_a_symlink_leaves_its_target_unchanged(uninterrupted, tmp_path, capsys):
-    run = _killed_copy(uninterrupted, tmp_path)
+    run = killed_copy(uninterrupted, tmp_path)
     target = tmp_path / "precious.txt"
     target.write_text("not a pid\n")
     (run / ".lock").unlink(missing_ok=True)
@@ -75,7 +67,7 @@ def test_a_lock_that_is_a_symlink_leaves_its_target_unchanged(uninterrupted, tmp
 def test_checkpoints_linked_to_another_run_leave_that_run_unchanged(uninterrupted, tiny_data, tmp_path, capsys, manifest):
     other = tmp_path / "other"
     shutil.copytree(uninterrupted, other)
-    run = _killed_copy(uninterrupted, tmp_path)
+    run = killed_copy(uninterrupted, tmp_path)
     shutil.rmtree(run / "checkpoints")
     (run / "checkpoints").symlink_to(other / "checkpoints", target_is_directory=True)
     if manifest == "with a manifest":  # its entries then disagree with the other run's files: once renamed *.damaged
@@ -188,7 +180,7 @@ def _restore(run):
 
 @pytest.mark.parametrize("damage", TRUST_DAMAGE)
 def test_a_checkpoint_whose_contents_cannot_be_trusted_is_damaged(uninterrupted, tmp_path, capsys, damage):
-    run = _killed_copy(uninterrupted, tmp_path)
+    run = killed_copy(uninterrupted, tmp_path)
     (run / "manifest.json").unlink()  # only the contents can tell
     _rewrite(run / STEP_120, **TRUST_DAMAGE[damage])
     state = _restore(run)
@@ -199,7 +191,7 @@ def test_a_checkpoint_whose_contents_cannot_be_trusted_is_damaged(uninterrupted,
 
 
 def test_a_checkpoint_with_a_bad_learning_rate_resumes_from_the_older_one_to_identical_weights(uninterrupted, tmp_path, capsys):
-    run = _killed_copy(uninterrupted, tmp_path)
+    run = killed_copy(uninterrupted, tmp_path)
     (run / "manifest.json").unlink()
     _rewrite(run / STEP_120, **TRUST_DAMAGE["lr 0.5"])
     assert main(["train", "--resume", str(run), "--no-progress"]) == 0
@@ -209,7 +201,7 @@ def test_a_checkpoint_with_a_bad_learning_rate_resumes_from_the_older_one_to_ide
 
 def test_a_checkpoint_from_another_device_keeps_this_process_kernel_settings(uninterrupted, tmp_path, capsys):
     """How Adam's kernel runs (fused, foreach) is not a hyper-parameter: a checkpoint saying otherwise resumes."""
-    run = _killed_copy(uninterrupted, tmp_path)
+    run = killed_copy(uninterrupted, tmp_path)
     (run / "manifest.json").unlink()
     _rewrite(run / STEP_120, **_groups(lambda g: g.update(fused=None, foreach=True)))
     cfg = load_json(run / "config.json")
@@ -245,7 +237,7 @@ def test_pruning_keeps_the_numerically_newest_checkpoints(tmp_path):
 # ---------------------------------------------------------------- readers beside a trainer
 def test_a_reader_losing_a_race_with_pruning_reads_the_next_listing(uninterrupted, tmp_path, capsys, monkeypatch):
     """The newest checkpoint listed is pruned before the reader opens it: no traceback, no damaged warning."""
-    run = _killed_copy(uninterrupted, tmp_path)
+    run = killed_copy(uninterrupted, tmp_path)
     real_pin, pruned = checkpoints.pin, []
 
     def pruned_after_listing(path, run_dir=None):
@@ -263,7 +255,7 @@ def test_a_reader_losing_a_race_with_pruning_reads_the_next_listing(uninterrupte
 
 def test_a_checkpoint_pruned_while_read_is_read_whole(uninterrupted, tmp_path, capsys, monkeypatch):
     """Pruned after the reader opened it: the open file is read to the end, its checksum is that of the bytes read."""
-    run = _killed_copy(uninterrupted, tmp_path)
+    run = killed_copy(uninterrupted, tmp_path)
     expected = hashlib.sha256((run / STEP_120).read_bytes()).hexdigest()
     real_read = checkpoints.read_pinned
 
@@ -279,7 +271,7 @@ def test_a_checkpoint_pruned_while_read_is_read_whole(uninterrupted, tmp_path, c
 
 def test_a_reader_waits_for_a_checkpoint_not_yet_recorded(uninterrupted, tmp_path, capsys):
     """Caught between a checkpoint's rename and its record in the manifest, a reader does not call it damaged."""
-    run = _killed_copy(uninterrupted, tmp_path)
+    run = killed_copy(uninterrupted, tmp_path)
     manifest = json.loads((run / "manifest.json").read_text())
     del manifest["files"][STEP_120]
     (run / "manifest.json").write_text(json.dumps(manifest))
@@ -297,7 +289,7 @@ def test_a_reader_waits_for_a_checkpoint_not_yet_recorded(uninterrupted, tmp_pat
 
 
 def test_a_reader_still_warns_about_a_damaged_checkpoint_once(uninterrupted, tmp_path, capsys):
-    run = _killed_copy(uninterrupted, tmp_path)
+    run = killed_copy(uninterrupted, tmp_path)
     data = bytearray((run / STEP_120).read_bytes())
     data[-1000] ^= 0xFF
     (run / STEP_120).write_bytes(bytes(data))

@@ -87,9 +87,8 @@ def _(p):
     return ok, f"exit {done.returncode}; history {last}; stderr {done.stderr.strip()[:200]}"
 
 
-@case("resume-config", "checkpoints without a recorded config: compared with the history's start")
-def _(p):
-    run = _mid_run(p, "legacy-with-history")
+def _strip_configs(run):
+    """The run's checkpoints as written before checkpoints recorded their config (still entered in the manifest)."""
     from vaelab.training import files
 
     for path in (run / "checkpoints").glob("step-*.safetensors"):
@@ -97,6 +96,12 @@ def _(p):
             metadata = {k: v for k, v in f.metadata().items() if k != "config"}
         save_file(load_file(str(path)), str(path), metadata=metadata)
         files.record(path)
+
+
+@case("resume-config", "checkpoints without a recorded config: compared with the history's start")
+def _(p):
+    run = _mid_run(p, "legacy-with-history")
+    _strip_configs(run)
     _edit(run, train__batch_size=25)
     before = snapshot(run)
     ok, detail = one_line_error(p.run("train", "--resume", run, "--no-progress"), "since the run's last start")
@@ -106,13 +111,7 @@ def _(p):
 @case("resume-config", "checkpoints without a recorded config and no history: accepted with one warning")
 def _(p):
     run = _mid_run(p, "legacy")
-    from vaelab.training import files
-
-    for path in (run / "checkpoints").glob("step-*.safetensors"):
-        with safe_open(str(path), "pt") as f:
-            metadata = {k: v for k, v in f.metadata().items() if k != "config"}
-        save_file(load_file(str(path)), str(path), metadata=metadata)
-        files.record(path)
+    _strip_configs(run)
     (run / "history.jsonl").unlink()
     done = p.run("train", "--resume", run, "--no-progress")
     lines = done.stderr.strip().splitlines()
