@@ -74,6 +74,37 @@ def test_eval_full_protocol_small_budget(trained_run, capsys):
     assert result["niwae_20_sem"] > 0
 
 
+def test_eval_on_a_fixed_subset_of_the_test_split(cli, trained_run, tmp_path):
+    """--images N: the full protocol on the same N test images every time (binarized as in the whole split),
+    written beside the full evaluation under its own name, which compare shows as its own column."""
+    import torch
+
+    from vaelab import data
+    from vaelab.evaluation import evaluation_set
+    from vaelab.evaluation.protocols import subset_index
+
+    proc = cli("eval", trained_run, "--protocol", "full", "--images", "300", "--iw", "1,5", "--json", "--device", "cpu")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert (result["protocol"], result["images"], result["subset_of"], result["subset_seed"]) == ("full", 300, 11000, 0)
+    assert json.loads((trained_run / "eval-full-300.json").read_text())["niwae_5"] == result["niwae_5"]
+    index = subset_index(11000, 300)
+    assert len(set(index.tolist())) == 300 and bool((index[1:] > index[:-1]).all())  # distinct, in test-set order
+    assert not torch.equal(index, torch.arange(300))  # drawn over the whole split, not its first images
+    assert torch.equal(subset_index(11000, 300), index) and torch.equal(subset_index(11000, 100), subset_index(11000, 100))
+    cfg_data = json.loads((trained_run / "config.json").read_text())["data"]
+    test = data.load("mnist", "test", cfg_data["data_dir"])
+    whole, _ = evaluation_set("full", test, True)
+    part, labels = evaluation_set("full", test, True, images=300)
+    assert torch.equal(part, whole[index]) and torch.equal(labels, test.labels[index])
+    table = tmp_path / "cmp"
+    assert cli("compare", trained_run, "--out", table).returncode == 0
+    assert "full-300.nelbo" in (table / "compare.md").read_text()
+    _one_line_error(cli("eval", trained_run, "--protocol", "cs236", "--images", "50", "--no-save"), "--images", "cs236")
+    _one_line_error(cli("eval", trained_run, "--protocol", "full", "--images", "20000", "--no-save"), "--images", "11000")
+    assert cli("eval", trained_run, "--images", "0").returncode == 2  # argparse: a positive count
+
+
 def test_sample_writes_grids(cli, trained_run, tmp_path):
     out = tmp_path / "grid.png"
     proc = cli("sample", trained_run, "--n", "30", "--ncol", "10", "--out", out, "--recon-out", tmp_path / "r.png")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import VaelabError
+from ..errors import ArgumentError, VaelabError
 from ..training.config import load_preset, parse_override, run_label, set_key
 from .parser import TRAIN_FLAGS
 from .paths import distinct, output_file, output_folder, written
@@ -102,18 +102,24 @@ def cmd_eval(args) -> int:
     if args.disentanglement:
         return _eval_disentanglement(args, model, cfg, weights)
     if args.protocol is None:  # the cs236 subset exists for MNIST's test split only
-        args.protocol = "cs236" if cfg.data.dataset == "mnist" else "full"
+        args.protocol = "cs236" if cfg.data.dataset == "mnist" and args.images is None else "full"
+    if args.images is not None and args.protocol != "full":
+        raise ArgumentError(f"--images: a subset of the full protocol's test split; --protocol {args.protocol} has its own images")
     if args.protocol == "cs236" and cfg.data.dataset != "mnist":
         raise VaelabError(f"--protocol cs236 is defined on MNIST's test subset; {args.run_dir} was trained on {cfg.data.dataset}: use --protocol full")
+    test = load_test()
+    if args.images is not None and args.images > len(test):
+        raise ArgumentError(f"--images: a subset of {args.images} asked, {cfg.data.dataset}'s test split has {len(test)} images")
     say = None if args.json else (lambda label: print(f"  {label} ...", file=sys.stderr, flush=True))
-    result = evaluate(model, load_test(), args.protocol, args.iw, args.seed, args.budget, progress=say, compile=args.compile,
-                      precision=args.precision)
+    result = evaluate(model, test, args.protocol, args.iw, args.seed, args.budget, progress=say, compile=args.compile,
+                      precision=args.precision, images=args.images)
     result = {"run": str(args.run_dir), "model": cfg.model.name, "label": run_label(cfg), "dataset": cfg.data.dataset,
               COMPUTED_ON: weights, **result}
     if args.json:
         print(json.dumps(result))
     else:
-        print(f"{run_label(cfg)} on {cfg.data.dataset}, protocol {args.protocol} ({result['images']} test images), nats:")
+        print(f"{run_label(cfg)} on {cfg.data.dataset}, protocol {args.protocol} ({result['images']} test images"
+              + (f", a fixed subset of {result['subset_of']}" if args.images else "") + "), nats:")
         groups = {key[3:]: value for key, value in result.items() if key.startswith("kl_")}
         print(f"  NELBO {result['nelbo']:.2f}   KL {result['kl']:.2f}   Rec {result['rec']:.2f}"
               + (f"   ({', '.join(f'KL_{name} {value:.2f}' for name, value in groups.items())})" if len(groups) > 1 else "")
@@ -139,7 +145,7 @@ def cmd_eval(args) -> int:
                 print(f"  ELBO surgery{suffix.replace('_', ' of ')} on {result['surgery_images']} images: I(x; z) {value:.2f} "
                       f"(at most log N = {math.log(result['surgery_images']):.2f}), marginal KL(q(z) || p(z)) {result['marginal_kl' + suffix]:.2f}")
         print(f"  ({result['seconds']:.1f} s)")
-    return _save_result(args, f"eval-{args.protocol}.json", result)
+    return _save_result(args, f"eval-{args.protocol}{'' if args.images is None else f'-{args.images}'}.json", result)
 
 
 def _save_result(args, name: str, result: dict) -> int:

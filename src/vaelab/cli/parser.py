@@ -138,6 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default cs236 for a run trained on MNIST, full for any other)")
     p.add_argument("--iw", type=_positive_int_list, metavar="M,M,...",
                    help="importance-sample counts m for IWAE-m (default 1,10,100,1000 for cs236; 1,10,100,1000,5000 for full)")
+    p.add_argument("--images", type=_positive_int, metavar="N",
+                   help="the full protocol (implied) on a fixed subset of N test images (the same N images for every run, drawn with seed 0), "
+                        "written to RUN_DIR/eval-full-N.json: for bounds too slow on the whole split")
     p.add_argument("--seed", type=int, default=0, help="seed for the evaluation's z draws (default 0)")
     p.add_argument("--json", action="store_true", help="print all metrics as one JSON object on stdout")
     p.add_argument("--data-dir", help="data root (default: the run's, else $VAELAB_DATA, else ~/.cache/vaelab)")

@@ -6,6 +6,9 @@ cs236 (docs/reference.md section 1): the fixed 100-image test subset, binarized 
 full (the literature's): all 10,000 test images binarized once with a fixed seed; NELBO, KL, Rec
     averaged over 10 repeats; negative IWAE-m with one estimate per image, reported with its
     standard error over images; active units per latent group.
+full with `images` = N: a fixed subset of N test images (a permutation drawn with SUBSET_SEED, its first N in
+    test-set order), binarized as in full, for protocols too slow for the whole split (IWAE-1000 of a PixelCNN
+    decoder on the CPU); the same N gives the same images for every run and model.
 A model with a likelihood over 8-bit pixels (dlogistic, dgaussian) sees the pixels / 255, not binarized, and its
 bounds are also given in bits per dimension (bpd_nelbo, bpd_niwae_<m>: nats / (D ln 2), D = C x H x W).
 What the model needs (labels for every image, a classifier to score) is read from its spec.
@@ -31,13 +34,31 @@ DEFAULT_IW = {"cs236": (1, 10, 100, 1000), "full": (1, 10, 100, 1000, 5000)}
 NELBO_REPEATS = {"cs236": 100, "full": 10}
 ACTIVITY_THRESHOLD = 0.01
 SURGERY_IMAGES = 1000
+SUBSET_SEED = 0
 """Inputs of the ELBO-surgery estimate (the first of the protocol's images): its N x N table of log q(z_n | x_m)
 bounds the mutual information by log N = 6.9 nats."""
 
 
-def evaluation_set(protocol: str, test: data_mod.ImageSet, binary: bool = True, binarize_seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def subset_index(total: int, images: int) -> torch.Tensor:
+    """Indices of the fixed `images`-image subset of a test split of `total` images: the first `images` of a
+    permutation drawn with SUBSET_SEED on a CPU generator (the same on any device), in test-set order."""
+    images = require_count(images, "images (subset size)")
+    if images > total:
+        raise ArgumentError(f"images: a subset of {images} asked, the test split has {total} images")
+    return torch.randperm(total, generator=torch.Generator().manual_seed(SUBSET_SEED))[:images].sort().values
+
+
+def evaluation_set(protocol: str, test: data_mod.ImageSet, binary: bool = True, binarize_seed: int = 0,
+                   images: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The test images (x, y) a protocol evaluates on: binarized once with a fixed seed for binary
-    models, the pixels in [0, 1] for continuous ones."""
+    models, the pixels in [0, 1] for continuous ones; with `images` (full only) the fixed subset of that many
+    (subset_index), each binarized as in the whole split."""
+    if images is not None:
+        if protocol != "full":
+            raise ArgumentError(f"images: a subset is drawn from the full protocol's test split; {protocol} has its own images")
+        index = subset_index(len(test), images)
+        x, y = evaluation_set("full", test, binary, binarize_seed)
+        return x[index.to(x.device)], y[index.to(y.device)]
     if protocol == "cs236":
         if not binary:
             index = data_mod.subset_indices(test.labels).to(test.labels.device)
@@ -163,7 +184,8 @@ def latent_diagnostics(model, x: torch.Tensor, y: torch.Tensor | None = None, pr
 
 
 def evaluate(model, test: data_mod.ImageSet, protocol: str = "cs236", iws=None, seed: int = 0,
-             budget: int = DEFAULT_BUDGET, progress=None, compile: bool = False, precision: str = "fp32") -> dict:
+             budget: int = DEFAULT_BUDGET, progress=None, compile: bool = False, precision: str = "fp32",
+             images: int | None = None) -> dict:
     """Run a protocol and return a flat dict of metrics (nats; nelbo, kl, rec, kl_<group>, niwae_<m>, ...).
 
     `seed` fixes the evaluation's z draws, so the same model gives the same numbers. `progress`, if
@@ -171,7 +193,9 @@ def evaluate(model, test: data_mod.ImageSet, protocol: str = "cs236", iws=None, 
     bounds through torch.compile(model): the decoder's activations and the likelihood's passes fuse,
     the numbers stay the same (within float rounding), and the model itself is left as it was.
     `precision` (devices.matmul_precision) sets the networks' matrix products: fp32, tf32 (CUDA) or bf16;
-    log-weights and logsumexp stay float32. docs/performance.md gives the error each costs."""
+    log-weights and logsumexp stay float32. docs/performance.md gives the error each costs.
+    `images` (full only) evaluates the fixed subset of that many test images (subset_index), recorded as
+    subset_of (the split's size) and subset_seed; accuracy stays on every test image."""
     if protocol not in PROTOCOLS:
         raise ArgumentError(f"protocol: expected one of {', '.join(PROTOCOLS)}, got {protocol!r}")
     iws, budget = None if iws is None else _sample_counts(iws), require_count(budget, "budget")
@@ -179,7 +203,7 @@ def evaluate(model, test: data_mod.ImageSet, protocol: str = "cs236", iws=None, 
     iws, nelbo_repeats, repeats_of = bound_plan(model, DEFAULT_IW[protocol] if iws is None else iws, NELBO_REPEATS[protocol],
                                                 (lambda m: max(100 // m, 1)) if protocol == "cs236" else (lambda m: 1))
     binary = model.binary_pixels
-    x, y = evaluation_set(protocol, test, binary)
+    x, y = evaluation_set(protocol, test, binary, images=images)
     if compile:
         check_compile_toolchain(x.device)
     # Bounds go through forward(); a compiled wrapper shares the model's parameters (and reads its spec).
@@ -188,6 +212,8 @@ def evaluate(model, test: data_mod.ImageSet, protocol: str = "cs236", iws=None, 
     result = {"protocol": protocol, "images": int(x.shape[0]), "binarized": binary, "binarization_seed": 0 if binary else None,
               "eval_seed": seed, "bound": "log p(x | y)" if model.spec.labels == "all" else "log p(x)", "compiled": compile,
               "precision": precision, "deterministic_posterior": model.spec.deterministic_posterior}
+    if images is not None:
+        result.update(subset_of=len(test), subset_seed=SUBSET_SEED)
     start = time.perf_counter()
     was_training = model.training
     model.eval()

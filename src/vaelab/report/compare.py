@@ -189,7 +189,8 @@ def freshness(result: dict, current: dict | None) -> tuple[str, str]:
 
 def eval_command(run_dir: Path, result: dict) -> str:
     protocol = result["protocol"]
-    return f"vaelab eval {run_dir} " + ("--disentanglement" if protocol == DISENTANGLEMENT else f"--protocol {protocol}")
+    subset = f" --images {result['images']}" if "subset_of" in result else ""
+    return f"vaelab eval {run_dir} " + ("--disentanglement" if protocol == DISENTANGLEMENT else f"--protocol {protocol}{subset}")
 
 
 # ---------------------------------------------------------------- the table
