@@ -65,8 +65,8 @@ def bernoulli_draw(images):
     return torch.bernoulli(images.reshape(images.shape[0], -1).float().div_(255.0))
 
 
-def foreach_adam(model, lr, device):
-    return torch.optim.Adam(model.parameters(), lr=lr)
+def foreach_adam(model, train, device):
+    return torch.optim.Adam(model.parameters(), lr=train.lr)
 
 
 @contextmanager

@@ -18,7 +18,8 @@ from vaelab.training.config import load_preset
 from vaelab.evaluation import iwae_per_image
 from vaelab.models import build_model
 from vaelab.training.batches import Batches
-from vaelab.training.loop import make_optimizer, training_loss
+from vaelab.training.loop import training_loss
+from vaelab.training.optimizers import make_optimizer
 
 
 def main() -> None:
@@ -40,7 +41,7 @@ def main() -> None:
     model = build_model(cfg.model)
     if args.what == "train":
         batches = Batches(train_set, cfg, model.spec.labels, model.binary_pixels, device)
-        optimizer = make_optimizer(model, cfg.train.lr, device)
+        optimizer = make_optimizer(model, cfg.train, device)
 
         def work():
             for _ in range(args.steps):

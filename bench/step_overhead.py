@@ -28,7 +28,8 @@ from vaelab.training.config import load_preset
 from vaelab.models import build_model
 from vaelab.training.runs import provenance
 from vaelab.training.batches import Batches
-from vaelab.training.loop import gradients_finite, make_optimizer, training_loss
+from vaelab.training.loop import gradients_finite, training_loss
+from vaelab.training.optimizers import make_optimizer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench import BATCH, plain_step  # noqa: E402  (the benchmark's own plain loop)
@@ -38,7 +39,7 @@ def vaelab_step(train_set: data_mod.ImageSet):
     cfg = load_preset("vae")
     cfg.model.x_dim, cfg.model.image_shape = train_set.x_dim, train_set.image_shape
     model = build_model(cfg.model)
-    optimizer = make_optimizer(model, cfg.train.lr, torch.device("cpu"))
+    optimizer = make_optimizer(model, cfg.train, torch.device("cpu"))
     batches = Batches(train_set, cfg, model.spec.labels, model.binary_pixels, torch.device("cpu"))
     parameters = list(model.parameters())
 

@@ -9,7 +9,9 @@ import torch
 from vaelab.models import MODELS, build_model, model_config
 from vaelab.training.config import load_preset
 from vaelab.training.guard import NonFiniteGuard
-from vaelab.training.loop import make_optimizer, train, training_loss
+from vaelab.training.config import TrainConfig
+from vaelab.training.loop import train, training_loss
+from vaelab.training.optimizers import make_optimizer
 from vaelab.training.runs import inherit_from_source
 from vaelab.training.threads import SMALL_STEP_FLOPS, auto_threads, step_flops
 
@@ -63,7 +65,7 @@ def test_training_reads_nothing_back_from_the_device_between_logs(name, tiny_dat
 def _guarded_steps(flags: list[bool], fused: bool):
     torch.manual_seed(0)
     model = build_model(model_config(x_dim=6, z_dim=2, hidden=(4,)))
-    optimizer = make_optimizer(model, 1e-2, torch.device("cpu")) if fused else torch.optim.Adam(model.parameters(), 1e-2)
+    optimizer = make_optimizer(model, TrainConfig(lr=1e-2), torch.device("cpu")) if fused else torch.optim.Adam(model.parameters(), 1e-2)
     guard = NonFiniteGuard(optimizer, torch.device("cpu"))
     x = torch.bernoulli(torch.full((3, 6), 0.5))
     for ok in flags:

@@ -4,10 +4,11 @@
     1  devices, distributions, nets, data    (the bottom: device choice, densities, networks, datasets)
     2  models                                (the model contract and the generative stories)
     3  objectives                            (terms -> bounds and losses)
-    4  evaluation, training                  (neither imports the other)
-    5  report                                (figures, compare, reproduce)
-    6  cli
-    7  __main__
+    4  evaluation                            (bounds, protocols, diagnostics)
+    5  training                              (validates with evaluation's bounds)
+    6  report                                (figures, compare, reproduce)
+    7  cli
+    8  __main__
 A module may import its own package and any lower layer, never a higher or a sibling one."""
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "vaelab"
 LAYERS = {"errors": 0, "devices": 1, "distributions": 1, "nets": 1, "data": 1, "models": 2, "objectives": 3,
-          "evaluation": 4, "training": 4, "report": 5, "cli": 6, "__main__": 7}
+          "evaluation": 4, "training": 5, "report": 6, "cli": 7, "__main__": 8}
 
 
 def _unit(parts: tuple[str, ...]) -> str:

@@ -21,7 +21,8 @@ from vaelab.errors import RunDirError
 from vaelab.models import build_model
 from vaelab.training import checkpoints, files, runs
 from vaelab.training.config import load_json
-from vaelab.training.loop import make_optimizer
+from vaelab.training.config import TrainConfig
+from vaelab.training.optimizers import make_optimizer
 from conftest import killed_copy
 
 STEP_120 = "checkpoints/step-0000120.safetensors"
@@ -175,7 +176,7 @@ def _restore(run):
     """checkpoints.restore as a resume calls it: model and optimizer as the run's config.json builds them."""
     cfg = load_json(run / "config.json")
     model = build_model(cfg.model)
-    return checkpoints.restore(run, model, make_optimizer(model, cfg.train.lr, torch.device("cpu")), 600)
+    return checkpoints.restore(run, model, make_optimizer(model, cfg.train, torch.device("cpu")), 600)
 
 
 @pytest.mark.parametrize("damage", TRUST_DAMAGE)
@@ -195,7 +196,7 @@ def test_a_checkpoint_with_a_bad_learning_rate_resumes_from_the_older_one_to_ide
     (run / "manifest.json").unlink()
     _rewrite(run / STEP_120, **TRUST_DAMAGE["lr 0.5"])
     assert main(["train", "--resume", str(run), "--no-progress"]) == 0
-    assert "Adam's lr is 0.5 where config.json gives 0.001" in capsys.readouterr().err
+    assert "the optimiser's lr is 0.5 where config.json gives 0.001" in capsys.readouterr().err
     assert _same_weights(uninterrupted, run)
 
 
@@ -206,7 +207,7 @@ def test_a_checkpoint_from_another_device_keeps_this_process_kernel_settings(uni
     _rewrite(run / STEP_120, **_groups(lambda g: g.update(fused=None, foreach=True)))
     cfg = load_json(run / "config.json")
     model = build_model(cfg.model)
-    optimizer = make_optimizer(model, cfg.train.lr, torch.device("cpu"))
+    optimizer = make_optimizer(model, cfg.train, torch.device("cpu"))
     assert checkpoints.restore(run, model, optimizer, 600).step == 120
     assert optimizer.param_groups[0]["fused"] is True and optimizer.param_groups[0]["foreach"] is None
     assert capsys.readouterr().err == ""
@@ -323,7 +324,7 @@ def test_weights_that_do_not_fit_the_config_name_the_tensor_and_both_shapes(unin
     model = build_model(load_json(run / "config.json").model)
     with pytest.raises(RunDirError, match=r"step-0000120.safetensors does not match .*config.json: encoder.0.weight has shape "
                                           r"\(16, 784\), config.json builds \(32, 784\)"):
-        checkpoints.restore(run, model, make_optimizer(model, 1e-3, torch.device("cpu")), 600)
+        checkpoints.restore(run, model, make_optimizer(model, TrainConfig(lr=1e-3), torch.device("cpu")), 600)
 
 
 def test_missing_and_unexpected_weights_are_named(uninterrupted, tmp_path):

@@ -15,7 +15,9 @@ from vaelab.errors import ConfigError
 from vaelab.evaluation import evaluate
 from vaelab.models import build_model, model_config
 from vaelab.training.runs import load_run
-from vaelab.training.loop import make_optimizer, train
+from vaelab.training.config import TrainConfig
+from vaelab.training.loop import train
+from vaelab.training.optimizers import make_optimizer
 
 
 def _cfg(tiny_data, name="vae", steps=20, **train_settings) -> RunConfig:
@@ -32,7 +34,7 @@ def test_adam_is_fused_on_cpu_and_matches_the_foreach_update():
     model = build_model(model_config(x_dim=16, z_dim=2, hidden=(8,)))
     twin = build_model(model_config(x_dim=16, z_dim=2, hidden=(8,)))
     twin.load_state_dict(model.state_dict())
-    fused, plain = make_optimizer(model, 1e-3, torch.device("cpu")), torch.optim.Adam(twin.parameters(), lr=1e-3)
+    fused, plain = make_optimizer(model, TrainConfig(lr=1e-3), torch.device("cpu")), torch.optim.Adam(twin.parameters(), lr=1e-3)
     assert fused.defaults["fused"] is True
     x = torch.bernoulli(torch.rand(8, 16))
     for net, opt in ((model, fused), (twin, plain)):

@@ -71,6 +71,12 @@ def _report_training(summary: dict, run_dir) -> int:
     print(f"trained {summary['label']} for {summary['steps']} steps in {summary['train_seconds']:.1f} s "
           f"({summary['images_per_second']:.0f} images/s); last {summary['final_steps']} steps: "
           f"NELBO {final['nelbo']:.2f}, KL {final['kl']:.2f}, Rec {final['rec']:.2f}; run directory {run_dir}")
+    validation = summary.get("validation")
+    if validation is not None and validation["best"] is not None:
+        ended = (f"stopped early after {validation['since_best']} validations without a better bound; "
+                 if summary["stopped"] == "early stopping" else "")
+        print(f"  {ended}best validation {validation['bound']} {validation['best']:.2f} at step {validation['best_step']} "
+              f"(kept as best.safetensors)")
     return 0
 
 
@@ -82,10 +88,13 @@ def _load_weights(args):
     """_load, plus which weights were read (file, step, sha256), for an evaluation to record."""
     from .. import data as data_mod
     from ..devices import resolve_device
-    from ..training.runs import load_run_weights
+    from ..training.runs import BEST_FILE, load_run_weights
 
     device = resolve_device(args.device)
-    model, cfg, weights = load_run_weights(args.run_dir, device)
+    model, cfg, weights = load_run_weights(args.run_dir, device, getattr(args, "weights", "auto"))
+    if weights["weights"] == BEST_FILE:  # said, since `vaelab eval` of a run that validates reads these by default
+        print(f"vaelab: the weights with the best validation bound, from step {weights['step']} ({BEST_FILE}; "
+              f"--weights final for the final ones)", file=sys.stderr, flush=True)
     data_dir = args.data_dir or cfg.data.data_dir
     return model, cfg, device, lambda: data_mod.load_for(cfg.data, "test", device, data_dir), weights
 
@@ -259,6 +268,7 @@ def _factor_notes(run_dir: Path) -> list[str] | None:
 
 
 def cmd_reproduce(args) -> int:
+    from ..report import literature  # noqa: F401  (registers the literature suite)
     from ..report.reproduce import SUITES, reproduce
 
     only = None
@@ -270,7 +280,7 @@ def cmd_reproduce(args) -> int:
             raise VaelabError(f"--only: unknown experiment(s) {', '.join(unknown)} (choose from {', '.join(sorted(known))})")
     data_dir = str(Path(args.data_dir).expanduser().resolve()) if args.data_dir else None
     report = reproduce(args.suite, output_folder(args.out, "--out"), quick=args.quick, runs=args.runs, data_dir=data_dir, device=args.device,
-                       steps=args.steps, progress=not args.no_progress, only=only, threads=args.threads)
+                       steps=args.steps, progress=not args.no_progress, only=only, threads=args.threads, epochs=args.epochs)
     print(report.read_text())
     print(f"wrote {report} and {report.with_suffix('.html')}")
     return 0

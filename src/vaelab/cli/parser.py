@@ -10,13 +10,21 @@ from ..data import REGISTRY
 from ..distributions import LIKELIHOODS, POSTERIORS, PRIORS
 from ..evaluation import DEFAULT_BUDGET
 from ..nets import NETS
-from ..training.config import list_presets
+from ..training.config import LR_SCHEDULES, OPTIMIZERS, list_presets
 
 # Flags of `vaelab train` that are shorthands for config keys.
 TRAIN_FLAGS = {
     "steps": "train.steps",
+    "epochs": "train.epochs",
     "batch_size": "train.batch_size",
     "lr": "train.lr",
+    "optimizer": "train.optimizer",
+    "lr_schedule": "train.lr_schedule",
+    "warmup": "train.lr_warmup_steps",
+    "ema_decay": "train.ema_decay",
+    "validation": "data.validation",
+    "eval_every": "train.eval_every",
+    "patience": "train.patience",
     "seed": "train.seed",
     "device": "train.device",
     "threads": "train.threads",
@@ -80,14 +88,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", nargs="?", help=f"preset name ({', '.join(list_presets())}) or a .toml preset file")
     p.add_argument("--out", type=Path, metavar="RUN_DIR", help="new (or empty) run directory to write")
     p.add_argument("--resume", type=Path, metavar="RUN_DIR",
-                   help="continue RUN_DIR from its newest checkpoint (model, Adam, step, RNG, batch order); only "
-                        "--steps, --device, --threads, --log-every, --checkpoint-every and --no-progress may be given with it. "
+                   help="continue RUN_DIR from its newest checkpoint (model, optimiser, schedule, averaged weights, validation, "
+                        "step, RNG, batch order); only --steps, --epochs, --patience, --device, --threads, --log-every, "
+                        "--checkpoint-every and --no-progress may be given with it. "
                         "An edit to RUN_DIR/config.json that changes anything else is refused")
     p.add_argument("--from", dest="from_run", type=Path, metavar="RUN_DIR",
                    help="start from a finished run (vqvae-prior from a vqvae run): its model settings, dataset and frozen weights")
     p.add_argument("--steps", type=int, help="optimiser steps (default 20000)")
+    p.add_argument("--epochs", type=int, help="passes over the training images instead of --steps (default 0: --steps decides)")
     p.add_argument("--batch-size", type=int, help="images per step (default 100)")
-    p.add_argument("--lr", type=float, help="Adam learning rate (default 1e-3)")
+    p.add_argument("--lr", type=float, help="learning rate, the peak of a schedule (default 1e-3)")
+    p.add_argument("--optimizer", choices=OPTIMIZERS, help="adam, adamw or adamax (default adam)")
+    p.add_argument("--lr-schedule", choices=LR_SCHEDULES,
+                   help="constant, step, exponential, multistep, cosine, or plateau (decay on the validation bound); "
+                        "train.lr_decay, lr_step, lr_milestones, lr_min, lr_plateau_patience tune them (default constant)")
+    p.add_argument("--warmup", type=int, metavar="STEPS", help="linear learning-rate warm-up over STEPS before the schedule (default 0)")
+    p.add_argument("--ema-decay", type=float, metavar="D",
+                   help="Polyak averaging of the weights with decay D (e.g. 0.999); the averaged weights are validated and kept (default 0: off)")
+    p.add_argument("--validation", type=int, metavar="N", help="hold out the last N training images as a validation set (default 0)")
+    p.add_argument("--eval-every", type=int, metavar="N",
+                   help="bound the validation images every N steps (train.eval_unit=epochs: epochs), keep the best weights as "
+                        "RUN_DIR/best.safetensors (default 0: never)")
+    p.add_argument("--patience", type=int, metavar="P", help="early stopping: stop after P validations without a better bound (default 0: off)")
     p.add_argument("--seed", type=int, help="random seed for weights, batches, binarization and samples (default 0)")
     p.add_argument("--z-dim", type=int, help="latent dimensionality (default 10)")
     p.add_argument("--net", choices=NETS, help="encoder and decoder networks: mlp (--hidden) or conv (stride-2 convolutions, --channels) (default mlp)")
@@ -141,6 +163,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", type=_positive_int, metavar="N",
                    help="the full protocol (implied) on a fixed subset of N test images (the same N images for every run, drawn with seed 0), "
                         "written to RUN_DIR/eval-full-N.json: for bounds too slow on the whole split")
+    p.add_argument("--weights", choices=("auto", "best", "final"), default="auto",
+                   help="best: the weights with the best validation bound (RUN_DIR/best.safetensors, kept when the run validates); "
+                        "final: the final weights (or the newest checkpoint of a run in progress); auto: best when the run has them "
+                        "(default auto)")
     p.add_argument("--seed", type=int, default=0, help="seed for the evaluation's z draws (default 0)")
     p.add_argument("--json", action="store_true", help="print all metrics as one JSON object on stdout")
     p.add_argument("--data-dir", help="data root (default: the run's, else $VAELAB_DATA, else ~/.cache/vaelab)")
@@ -203,16 +229,22 @@ def build_parser() -> argparse.ArgumentParser:
                                    "docs/datasets.md).")
     p.add_argument("--data-dir", help="data root to look in (default $VAELAB_DATA, else ~/.cache/vaelab)")
     p = sub.add_parser("reproduce", help="run a suite of reference experiments and write a report",
-                       description="Train and evaluate the assignment's experiments with the reference settings, then write "
-                                   "OUT/report.md and OUT/report.html (metrics beside the write-ups' numbers, figures, wall times). "
+                       description="Train and evaluate a suite's experiments with their reference settings, then write "
+                                   "OUT/report.md and OUT/report.html (metrics beside the published numbers, figures, wall times). "
                                    "Finished runs under OUT/runs are reused, unfinished ones resumed; a folder there that reproduce did not make "
                                    "is refused, never deleted.")
-    p.add_argument("suite", choices=("cs236",), help="cs236: VAE, GMVAE, SSVAE (gen_weight 0 and 1), conditional VAE")
+    p.add_argument("suite", choices=("cs236", "literature"),
+                   help="cs236: VAE, GMVAE, SSVAE (gen_weight 0 and 1), conditional VAE; literature: the IWAE, VampPrior and Ladder VAE "
+                        "papers' models at their protocols, tested with IWAE-5000 on all test images")
+    p.add_argument("--epochs", type=_positive_int,
+                   help="cap the experiments given in epochs (literature) at N epochs: a budget below the papers'; "
+                        "the same command with a larger N continues them")
     p.add_argument("--out", type=Path, required=True, metavar="DIR")
     p.add_argument("--quick", action="store_true", help="short schedules (a few minutes in all on 2 CPU cores), for smoke tests")
     p.add_argument("--runs", type=_positive_int, default=1, help="repeat each experiment with seeds 0..N-1 and report mean and std (default 1)")
     p.add_argument("--steps", type=_positive_int, help="train every experiment for this many steps (overrides the schedule)")
-    p.add_argument("--only", help="comma-separated experiment names (vae, gmvae, ssvae_gen0, ssvae, cvae)")
+    p.add_argument("--only", help="comma-separated experiment names (cs236: vae, gmvae, ssvae_gen0, ssvae, cvae; literature: iwae_vae, "
+                                  "iwae_k5, iwae_k50, vamp_vae, vamp_vampprior, vamp_hvae, vamp_hvae_vampprior, ladder)")
     p.add_argument("--data-dir", help="data root (default $VAELAB_DATA, else ~/.cache/vaelab)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default auto)")
     p.add_argument("--threads", type=int, default=0, help="CPU threads for torch in every training (default 0: chosen per training, as train --threads)")

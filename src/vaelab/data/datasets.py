@@ -231,6 +231,12 @@ class ImageSet:
                         None if self.factors is None else self.factors.to(device), self.packed_shape, self.classes,
                         None if self.colours is None else self.colours.to(device))
 
+    def rows(self, start: int, stop: int | None = None) -> "ImageSet":
+        """Images start..stop-1 with their labels, factors and colours: views of this set's tensors, no copy."""
+        part = slice(start, stop)
+        return ImageSet(self.images[part], self.labels[part], self.name, None if self.factors is None else self.factors[part],
+                        self.packed_shape, self.classes, None if self.colours is None else self.colours[part])
+
     def uint8(self, index=None) -> torch.Tensor:
         """The images (or those at `index`) as uint8 (n, *image_shape), unpacked if held packed."""
         images = self.images if index is None else self.images[index]

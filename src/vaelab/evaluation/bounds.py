@@ -12,6 +12,7 @@ import math
 import torch
 
 from .. import objectives
+from ..distributions.priors import frozen_priors
 
 # Elements in the largest (draws x images x per-draw elements) tensor. 2^22 floats (16 MB) stay in
 # cache between the decoder's output layer and the likelihood's passes over it: 1.7x the samples/s of
@@ -45,14 +46,15 @@ def elbo_terms(model, x: torch.Tensor, repeats: int, budget: int = DEFAULT_BUDGE
     n = x.shape[0]
     images, samples = plan_chunks(n, repeats, model.elements_per_sample, budget)
     sums: dict[str, float] = {}
-    for i in range(0, n, images):
-        batch = model_batch(model, x, y, i, images)
-        for done in range(0, repeats, samples):
-            terms = model(batch, min(samples, repeats - done))
-            parts = {"rec": objectives.reconstruction_term(terms)}
-            parts.update({f"kl_{name}": objectives.group_kl(terms, group) for name, group in terms.latents.items()})
-            for key, value in parts.items():
-                sums[key] = sums.get(key, 0.0) + float(value.sum()) * terms.draws
+    with frozen_priors(model):  # the weights are fixed: a VampPrior's mixture is built once, not once per chunk
+        for i in range(0, n, images):
+            batch = model_batch(model, x, y, i, images)
+            for done in range(0, repeats, samples):
+                terms = model(batch, min(samples, repeats - done))
+                parts = {"rec": objectives.reconstruction_term(terms)}
+                parts.update({f"kl_{name}": objectives.group_kl(terms, group) for name, group in terms.latents.items()})
+                for key, value in parts.items():
+                    sums[key] = sums.get(key, 0.0) + float(value.sum()) * terms.draws
     count = n * repeats
     result = {key: value / count for key, value in sums.items()}
     result["kl"] = sum(value for key, value in result.items() if key.startswith("kl_"))
@@ -71,23 +73,24 @@ def iwae_per_image(model, x: torch.Tensor, m: int, repeats: int = 1, budget: int
     total = m * repeats
     images, samples = plan_chunks(n, total, model.elements_per_sample, budget)
     bounds = []
-    for i in range(0, n, images):
-        batch = model_batch(model, x, y, i, images)
-        running = None  # (repeats, B), the running logsumexp of each repeat's log-weights
-        for done in range(0, total, samples):
-            draws = min(samples, total - done)
-            # Points are draw-major: (draws * values, B) -> one log-sum per draw, (draws, B).
-            log_w = objectives.log_weights(model(batch, draws))
-            per_draw = torch.logsumexp(log_w.view(draws, -1, log_w.shape[-1]), dim=1)
-            if running is None:
-                running = per_draw.new_full((repeats, per_draw.shape[-1]), -math.inf)
-            # The chunk's draws are consecutive, so they cover consecutive repeats.
-            start = done
-            while start < done + draws:
-                r = start // m
-                stop = min(done + draws, (r + 1) * m)
-                part = torch.logsumexp(per_draw[start - done : stop - done], dim=0)
-                running[r] = torch.logaddexp(running[r], part)
-                start = stop
-        bounds.append((running - math.log(m)).mean(0))
+    with frozen_priors(model):  # as in elbo_terms
+        for i in range(0, n, images):
+            batch = model_batch(model, x, y, i, images)
+            running = None  # (repeats, B), the running logsumexp of each repeat's log-weights
+            for done in range(0, total, samples):
+                draws = min(samples, total - done)
+                # Points are draw-major: (draws * values, B) -> one log-sum per draw, (draws, B).
+                log_w = objectives.log_weights(model(batch, draws))
+                per_draw = torch.logsumexp(log_w.view(draws, -1, log_w.shape[-1]), dim=1)
+                if running is None:
+                    running = per_draw.new_full((repeats, per_draw.shape[-1]), -math.inf)
+                # The chunk's draws are consecutive, so they cover consecutive repeats.
+                start = done
+                while start < done + draws:
+                    r = start // m
+                    stop = min(done + draws, (r + 1) * m)
+                    part = torch.logsumexp(per_draw[start - done : stop - done], dim=0)
+                    running[r] = torch.logaddexp(running[r], part)
+                    start = stop
+            bounds.append((running - math.log(m)).mean(0))
     return torch.cat(bounds)

@@ -56,7 +56,9 @@ class ModelConfig:
     channels: tuple[int, ...] = (32, 64)
     """Channels of the stride-2 convolutions when net = conv (encoder order; the decoder mirrors them)."""
     activation: str = "elu"
-    """Hidden activation: elu, relu or tanh."""
+    """Hidden activation: elu, relu, tanh, or gated: every hidden layer of the networks is then the VampPrior paper's
+    gated layer h = (W x + b) * sigmoid(V x + c) (convolutions: to twice the channels, a * sigmoid(b)); output
+    layers stay linear."""
     likelihood: str = "bernoulli"
     """p(x|z): bernoulli (binarized data), gaussian (fixed variance), gaussian-learned (learned per-pixel
     variance), pixelcnn (autoregressive, binarized data), dlogistic (discretized logistic mixture) or dgaussian

@@ -1,14 +1,15 @@
 """Networks, the bottom layer beside distributions: encoders map flat pixels x (..., D), with an
 optional context vector, to the parameters of q; decoders map a code (..., n) to the likelihood's
 parameters (..., D). Every model builds them here, so `--net mlp|conv` works for every model and the
-image shape comes from the dataset (model.image_shape)."""
+image shape comes from the dataset (model.image_shape). Every net takes model.activation: an element-wise
+activation (elu, relu, tanh) or gated layers (nets/mlp.py, nets/conv.py)."""
 
 from __future__ import annotations
 
 from torch import nn
 
 from .conv import ConvDecoder, ConvEncoder, check_shape
-from .mlp import ACTIVATIONS, MLPDecoder, MLPEncoder, mlp
+from .mlp import ACTIVATIONS, GATED, Gated, GatedDense, MLPDecoder, MLPEncoder, hidden_layers, mlp
 
 NETS = ("mlp", "conv")
 
@@ -34,5 +35,5 @@ def build_decoder(net: str, in_features: int, image_shape: tuple[int, ...], *, h
     raise ValueError(f"unknown net {net!r} (choose from {', '.join(NETS)})")
 
 
-__all__ = ["NETS", "ACTIVATIONS", "build_encoder", "build_decoder", "check_shape", "mlp", "MLPEncoder", "MLPDecoder",
-           "ConvEncoder", "ConvDecoder"]
+__all__ = ["NETS", "ACTIVATIONS", "GATED", "Gated", "GatedDense", "build_encoder", "build_decoder", "check_shape", "mlp",
+           "hidden_layers", "MLPEncoder", "MLPDecoder", "ConvEncoder", "ConvDecoder"]

@@ -25,8 +25,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn import functional as F
 
-from .conv import downsampling, upsampling
-from .mlp import ACTIVATIONS
+from .conv import downsampling, feature_activation, upsampling
+from .mlp import gate_factor
 
 
 class ResidualBlock(nn.Module):
@@ -56,18 +56,21 @@ class GridEncoder(nn.Module):
 
 
 class GridDecoder(nn.Module):
-    """A grid of code vectors (N, code_dim, h, w) -> (N, C*H*W), the likelihood's parameters per pixel."""
+    """A grid of code vectors (N, code_dim, h, w) -> (N, C*H*W), the likelihood's parameters per pixel. The activation
+    after the residual blocks has no layer of its own before it (a block ends in a sum): with activation = gated it is
+    a gated 1x1 convolution (nets.conv.feature_activation)."""
 
     def __init__(self, image: tuple[int, int, int], channels: tuple[int, ...], code_dim: int, residual_blocks: int, activation: str):
         super().__init__()
         width = channels[-1]
         self.net = nn.Sequential(nn.Conv2d(code_dim, width, 3, padding=1),
-                                 *[ResidualBlock(width, width // 2) for _ in range(residual_blocks)], ACTIVATIONS[activation](),
-                                 upsampling(channels, image[0], activation))
+                                 *[ResidualBlock(width, width // 2) for _ in range(residual_blocks)],
+                                 feature_activation(width, activation), upsampling(channels, image[0], activation))
         # The largest per-sample activation (the first upsampled map): evaluation sizes its chunks by it.
         h, w = image[1] >> (len(channels) - 1), image[2] >> (len(channels) - 1)
-        self.activation_elements = max(width * (image[1] >> len(channels)) * (image[2] >> len(channels)),
-                                       (channels[-2] if len(channels) > 1 else image[0]) * h * w, math.prod(image))
+        gate = gate_factor(activation)  # a gated layer computes twice the channels it passes on
+        self.activation_elements = max(gate * width * (image[1] >> len(channels)) * (image[2] >> len(channels)),
+                                       (gate * channels[-2] if len(channels) > 1 else image[0]) * h * w, math.prod(image))
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.net(z).flatten(1)

@@ -21,7 +21,7 @@ from ..training import checkpoints, files
 from ..training.config import RunConfig
 from ..training.legacy import migrate_legacy
 from ..training.files import read_jsonl
-from ..training.runs import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, WEIGHTS_FILE
+from ..training.runs import BEST_FILE, CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, WEIGHTS_FILE, best_step
 from .figures import training_curves
 
 EVAL_KEYS = ("nelbo", "kl", "rec", "niwae_1", "niwae_10", "niwae_100", "niwae_1000", "niwae_5000", "bpd_nelbo", "bpd_niwae_1",
@@ -144,13 +144,15 @@ def _group_keys(result: dict) -> list[str]:
 
 # ---------------------------------------------------------------- which weights a result belongs to
 def current_weights(run_dir: Path) -> dict | None:
-    """{"weights", "step", "sha256"} of the weights `vaelab eval` would read now (the final weights, else the
-    newest checkpoint), or None for a run with neither. The sha256 comes from manifest.json where it records
-    the file at its present size, else the file is hashed."""
+    """{"weights", "step", "sha256"} of the weights `vaelab eval` would read now (the best by validation, else the
+    final weights, else the newest checkpoint), or None for a run with none. The sha256 comes from manifest.json
+    where it records the file at its present size, else the file is hashed."""
     run_dir = Path(run_dir)
     manifest = files.read_manifest(run_dir)
-    final = run_dir / WEIGHTS_FILE
-    if final.is_file():
+    final, best = run_dir / WEIGHTS_FILE, run_dir / BEST_FILE
+    if best.is_file():
+        source, step = best, best_step(run_dir)
+    elif final.is_file():
         source = final
         summary = read_summary(run_dir / SUMMARY_FILE) if (run_dir / SUMMARY_FILE).is_file() else {}
         step = summary.get("steps")

@@ -1,4 +1,5 @@
-"""`vaelab reproduce cs236`: the assignment's experiments with the reference settings, then a report.
+"""`vaelab reproduce SUITE`: a suite's experiments with their reference settings, then a report. The suites:
+cs236 (the assignment's experiments, here) and literature (the papers' models at their protocols, literature.py).
 
 Each experiment is a preset plus overrides, trained for each seed into OUT/runs/<name>-seed<s>,
 evaluated with its protocol, and drawn (samples, reconstructions, training curves). OUT/report.md
@@ -54,6 +55,8 @@ class Experiment:
     # the metrics of the report's summary table
     headline: tuple = ("nelbo", "niwae_1000")
     samples_caption: str = "samples (decoder means)"
+    # The protocol's length in epochs, when it is given in epochs (train.epochs; reproduce --epochs caps it)
+    epochs: int = 0
 
 
 WRITEUP_ONE = "write-up (one run)"
@@ -78,7 +81,8 @@ CS236 = (
                iws=(1, 10, 100), quick_steps=1000, headline=("nelbo", "niwae_100"),
                samples_caption="style/content: rows are z draws, columns labels 0-9"),
 )
-SUITES = {"cs236": CS236}
+SUITES = {"cs236": CS236}  # name -> experiments; literature.py adds its suite
+REPORTS: dict = {}  # name -> the suite's report writer, where it is not write_report
 TIMING_FILE = "reproduce.json"
 METRIC_NAMES = {"nelbo": "NELBO", "kl": "KL", "rec": "Rec", "kl_z": "KL_z", "kl_y": "KL_y", "accuracy": "test accuracy",
                 "niwae_1": "-IWAE-1", "niwae_10": "-IWAE-10", "niwae_100": "-IWAE-100", "niwae_1000": "-IWAE-1000",
@@ -124,8 +128,10 @@ def check_owned(run_dir: Path, owner: dict) -> None:
         raise RunDirError(f"{run_dir}: not made by vaelab reproduce (no {OWNER_FILE}); {leave}")
 
 
-def _config(exp: Experiment, seed: int, run_dir: Path, data_dir, device: str, steps: int | None, threads: int):
-    """The run's saved config.json where training started (a resume continues that run), else the experiment's."""
+def _config(exp: Experiment, seed: int, run_dir: Path, data_dir, device: str, steps: int | None, threads: int,
+            epochs: int | None = None):
+    """The run's saved config.json where training started (a resume continues that run), else the experiment's.
+    `epochs` caps an experiment given in epochs (a budget below the protocol's): a run continues to a larger cap."""
     if (run_dir / CONFIG_FILE).is_file():
         cfg = load_json(run_dir / CONFIG_FILE)
     else:
@@ -137,6 +143,8 @@ def _config(exp: Experiment, seed: int, run_dir: Path, data_dir, device: str, st
             cfg.train.steps = steps
             cfg.train.checkpoint_every = max(1, steps // 2)
             cfg.train.log_every = max(1, min(cfg.train.log_every, steps // 20))
+    if exp.epochs and steps is None:
+        cfg.train.epochs = min(exp.epochs, epochs) if epochs else exp.epochs
     cfg.train.device, cfg.train.threads = device, threads
     if data_dir:
         cfg.data.data_dir = str(data_dir)
@@ -144,36 +152,44 @@ def _config(exp: Experiment, seed: int, run_dir: Path, data_dir, device: str, st
 
 
 def _trained(run_dir: Path, cfg) -> bool:
-    """The final weights are in place, intact, and of the last step the run's config asks for."""
-    return final_weights_problem(run_dir) is None and final_step(run_dir, cfg) >= cfg.train.steps
+    """The final weights are in place, intact, and of the last step (or epoch) the run's config asks for, or of the
+    step early stopping ended it at."""
+    if final_weights_problem(run_dir) is not None:
+        return False
+    summary = read_summary(run_dir / SUMMARY_FILE) if (run_dir / SUMMARY_FILE).is_file() else {}
+    if summary.get("stopped") == "early stopping":
+        return True
+    if cfg.train.epochs:
+        return isinstance(summary.get("epochs"), (int, float)) and summary["epochs"] >= cfg.train.epochs
+    return final_step(run_dir, cfg) >= cfg.train.steps
 
 
-def _finished(run_dir: Path, exp: Experiment) -> bool:
-    """Trained, evaluated on the weights the run has now, and drawn."""
+def _finished(run_dir: Path, exp: Experiment, cfg) -> bool:
+    """Trained as far as `cfg` asks, evaluated on the weights the run has now, and drawn."""
     evaluation = run_dir / f"eval-{exp.protocol}.json"
     needed = (TIMING_FILE, CONFIG_FILE, evaluation.name, *FIGURES)
     if not all((run_dir / name).is_file() for name in needed):
         return False
-    if not _trained(run_dir, load_json(run_dir / CONFIG_FILE)):
+    if not _trained(run_dir, cfg):
         return False
     return freshness(read_eval(evaluation), current_weights(run_dir))[0] == "current"
 
 
 def run_experiment(exp: Experiment, seed: int, out: Path, data_dir, device: str, steps: int | None, progress: bool,
-                   threads: int = 0, suite: str = "cs236") -> Path:
+                   threads: int = 0, suite: str = "cs236", epochs: int | None = None) -> Path:
     """Train, evaluate and draw one (experiment, seed): reuse the run if it is finished, resume it if not."""
     run_dir = run_dir_of(out, exp, seed)
     owner = owner_record(suite, exp, seed)
     if run_dir.exists() or run_dir.is_symlink():
         check_owned(run_dir, owner)
-        if _finished(run_dir, exp):
+        if (run_dir / CONFIG_FILE).is_file() and _finished(run_dir, exp, _config(exp, seed, run_dir, data_dir, device, steps, threads, epochs)):
             return run_dir
         if (run_dir / TIMING_FILE).is_file() and current_weights(run_dir) is None:
             return run_dir  # finished and kept without its weights (results committed alone): reported as recorded
     else:
         _make_folder(run_dir)
         atomic_write_text(run_dir / OWNER_FILE, json.dumps(owner, indent=2) + "\n")  # before training: the folder is ours
-    cfg = _config(exp, seed, run_dir, data_dir, device, steps, threads)
+    cfg = _config(exp, seed, run_dir, data_dir, device, steps, threads, epochs)
     if not _trained(run_dir, cfg):
         # A folder holding only owner.json is new; anything more is a start that stopped (even before its
         # first checkpoint, which train's resume handles by starting from step 0).
@@ -212,15 +228,18 @@ def _evaluate_and_draw(exp: Experiment, run_dir: Path, device: str, data_dir) ->
 
 
 def reproduce(suite: str, out: str | Path, quick: bool = False, runs: int = 1, data_dir=None, device: str = "auto",
-              steps: int | None = None, progress: bool = True, only=None, threads: int = 0) -> Path:
+              steps: int | None = None, progress: bool = True, only=None, threads: int = 0, epochs: int | None = None) -> Path:
     """Run a suite's experiments for seeds 0..runs-1 and write OUT/report.md and OUT/report.html.
-    `steps` overrides every experiment's step count (tests); `quick` uses each experiment's short schedule."""
+    `steps` overrides every experiment's step count (tests); `quick` uses each experiment's short schedule;
+    `epochs` caps the experiments given in epochs (a budget: their runs continue to a larger cap later)."""
     if suite not in SUITES:
         raise ConfigError(f"unknown suite {suite!r} (choose from {', '.join(SUITES)})")
     if runs < 1:
         raise ConfigError(f"--runs: must be >= 1 (got {runs})")
     if threads < 0:
         raise ConfigError(f"--threads: must be >= 0 (got {threads})")
+    if epochs is not None and epochs < 1:
+        raise ConfigError(f"--epochs: must be >= 1 (got {epochs})")
     out = Path(out)
     _make_folder(out)
     experiments = [e for e in SUITES[suite] if only is None or e.name in only]
@@ -240,9 +259,9 @@ def reproduce(suite: str, out: str | Path, quick: bool = False, runs: int = 1, d
                 # One line per experiment on stderr, so a run without progress bars still says where it is.
                 print(f"reproduce: {exp.name} seed {seed} ({len(results)}/{len(experiments)})...", file=sys.stderr, flush=True)
                 start = time.perf_counter()
-                results[exp.name].append(run_experiment(exp, seed, out, data_dir, device, exp_steps, progress, threads, suite))
+                results[exp.name].append(run_experiment(exp, seed, out, data_dir, device, exp_steps, progress, threads, suite, epochs))
                 print(f"reproduce: {exp.name} seed {seed} done in {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
-        return write_report(suite, out, experiments, results, quick=quick, steps=steps)
+        return REPORTS.get(suite, write_report)(suite, out, experiments, results, quick=quick, steps=steps)
     finally:
         lock.release()
 

@@ -1,7 +1,7 @@
 """What a checkpoint may hold: every value read from one is checked before it is used, manifest or not.
 
 The loop state (step, batch order and position, RNG states, partial log sums, counters) must be in range
-and consistent; Adam's hyper-parameters must be those the run's config builds, its per-parameter state the
+and consistent; the optimiser's hyper-parameters must be those the run's config builds, its per-parameter state the
 names Adam keeps, with moments of their parameter's shape, finite, and step counts within the checkpoint's
 step; the weights finite. A checkpoint that fails any check raises DamagedCheckpoint, and checkpoints.restore
 moves it aside and tries the next older one.
@@ -98,11 +98,12 @@ def _same(a, b) -> bool:
     return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
 
 
-def param_groups(metadata: dict, built: list) -> list:
+def param_groups(metadata: dict, built: list, scheduled: bool = False) -> list:
     """The checkpoint's param_groups, which must hold the hyper-parameters of `built` (the optimizer as the
     run's config builds it): the learning rate, betas, eps, weight decay, amsgrad, maximize. Returns `built`:
     how the kernel runs (fused, foreach, ...) is this process's, and a key an older torch did not write
-    takes today's value."""
+    takes today's value. With a learning-rate schedule (`scheduled`) the rate is the checkpoint's, a number in
+    0..the schedule's peak (its initial_lr, or the built rate for a plateau schedule)."""
     try:
         groups = json.loads(metadata["param_groups"])
     except (json.JSONDecodeError, RecursionError):
@@ -114,20 +115,35 @@ def param_groups(metadata: dict, built: list) -> list:
             raise DamagedCheckpoint("metadata param_groups lists other parameters than the model has")
         for key, value in group.items():
             if key not in expected:
-                raise DamagedCheckpoint(f"metadata param_groups holds {key!r}, which Adam as config.json builds it has not")
-            if key not in _IMPLEMENTATION_KEYS and not _same(value, expected[key]):
-                raise DamagedCheckpoint(f"Adam's {key} is {json.dumps(value)[:40]} where config.json gives {json.dumps(expected[key])}")
+                raise DamagedCheckpoint(f"metadata param_groups holds {key!r}, which the optimiser config.json builds has not")
+            if key == "lr" and scheduled:
+                peak = expected.get("initial_lr", expected["lr"])
+                if not (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and 0 <= value <= peak):
+                    raise DamagedCheckpoint(f"the optimiser's lr is {json.dumps(value)[:40]}, not a rate in 0..{peak:g} (the schedule's peak)")
+            elif key not in _IMPLEMENTATION_KEYS and not _same(value, expected[key]):
+                raise DamagedCheckpoint(f"the optimiser's {key} is {json.dumps(value)[:40]} where config.json gives {json.dumps(expected[key])}")
+    if scheduled:
+        return [{**expected, "lr": group["lr"]} for group, expected in zip(groups, built)]
     return built
 
 
+def state_names(optimizer: torch.optim.Optimizer, group: dict) -> set:
+    """The per-parameter state an optimiser keeps: Adam and AdamW their moments (and max_exp_avg_sq with
+    amsgrad), Adamax its first moment and infinity norm."""
+    if isinstance(optimizer, torch.optim.Adamax):
+        return {"step", "exp_avg", "exp_inf"}
+    return {"step", "exp_avg", "exp_avg_sq"} | ({"max_exp_avg_sq"} if group.get("amsgrad") else set())
+
+
 def adam_state(tensors: dict, optimizer: torch.optim.Optimizer, groups: list, step: int) -> dict:
-    """Adam's per-parameter state from the checkpoint's "optim.INDEX.NAME" tensors, each checked: the
-    names Adam keeps (max_exp_avg_sq only with amsgrad), moments of their parameter's shape and dtype,
+    """The optimiser's per-parameter state from the checkpoint's "optim.INDEX.NAME" tensors, each checked: the
+    names it keeps (state_names), moments of their parameter's shape and dtype,
     finite, second moments not negative, and a step count that is a whole number in 0..`step` (a skipped
     step does not count)."""
     params = [(index, param, group) for group, built in zip(optimizer.param_groups, groups)
               for index, param in zip(built["params"], group["params"])]
     by_index = {index: (param, group) for index, param, group in params}
+    kind = type(optimizer).__name__
     state: dict = {}
     for key, value in tensors.items():
         if not key.startswith("optim."):
@@ -138,26 +154,30 @@ def adam_state(tensors: dict, optimizer: torch.optim.Optimizer, groups: list, st
         state.setdefault(int(parts[1]), {})[parts[2]] = value
     for index, entries in state.items():
         param, group = by_index[index]
-        wanted = {"step", "exp_avg", "exp_avg_sq"} | ({"max_exp_avg_sq"} if group.get("amsgrad") else set())
+        wanted = state_names(optimizer, group)
         if set(entries) != wanted:
-            raise DamagedCheckpoint(f"Adam's state of parameter {index} holds {sorted(entries)}, not {sorted(wanted)}")
+            raise DamagedCheckpoint(f"{kind}'s state of parameter {index} holds {sorted(entries)}, not {sorted(wanted)}")
         count = entries["step"]
         if count.shape != () or not count.is_floating_point():
-            raise DamagedCheckpoint(f"Adam's step of parameter {index} has shape {tuple(count.shape)} and dtype {count.dtype}, "
+            raise DamagedCheckpoint(f"{kind}'s step of parameter {index} has shape {tuple(count.shape)} and dtype {count.dtype}, "
                                     f"not one floating-point number")
         value = count.item()
         if not (math.isfinite(value) and 0 <= value <= step and value == int(value)):
-            raise DamagedCheckpoint(f"Adam's step of parameter {index} is {value:g}, not a whole number of steps in 0..{step}")
+            raise DamagedCheckpoint(f"{kind}'s step of parameter {index} is {value:g}, not a whole number of steps in 0..{step}")
         for name in sorted(wanted - {"step"}):
             moment = entries[name]
-            if moment.shape != param.shape or moment.dtype != param.dtype:
-                raise DamagedCheckpoint(f"Adam's {name} of parameter {index} is {tuple(moment.shape)} {moment.dtype}, "
-                                        f"its parameter {tuple(param.shape)} {param.dtype}")
-            if not moment.isfinite().all():
-                raise DamagedCheckpoint(f"Adam's {name} of parameter {index} holds inf or NaN")
+            check_like(moment, param, f"{kind}'s {name} of parameter {index}", "its parameter")
             if name != "exp_avg" and (moment < 0).any():
-                raise DamagedCheckpoint(f"Adam's {name} of parameter {index} holds a negative value")
+                raise DamagedCheckpoint(f"{kind}'s {name} of parameter {index} holds a negative value")
     return state
+
+
+def check_like(value: torch.Tensor, like: torch.Tensor, what: str, whose: str) -> None:
+    """A tensor read from a checkpoint must have the shape and dtype of the one it stands beside, and be finite."""
+    if value.shape != like.shape or value.dtype != like.dtype:
+        raise DamagedCheckpoint(f"{what} is {tuple(value.shape)} {value.dtype}, {whose} {tuple(like.shape)} {like.dtype}")
+    if not value.isfinite().all():
+        raise DamagedCheckpoint(f"{what} holds inf or NaN")
 
 
 def check_weights(model: torch.nn.Module) -> None:

@@ -156,14 +156,22 @@ def read_checkpoint(path: Path, device="cpu") -> tuple[dict, dict]:
         raise RunDirError(f"{path}: not a readable safetensors file (it does not exist)") from None
 
 
+def header_metadata(path: Path) -> dict | None:
+    """A safetensors file's metadata (its header only); None when it is missing or its header does not read."""
+    try:
+        with safe_open(str(path), "pt") as f:
+            return f.metadata() or {}
+    except (SafetensorError, OSError, ValueError):
+        return None
+
+
 def config_of(path: Path) -> dict | None:
     """The resolved config a checkpoint was written under (its metadata "config", written by the training
     loop); None for a checkpoint from before checkpoints recorded it, or one whose header does not read."""
+    text = (header_metadata(path) or {}).get("config")
     try:
-        with safe_open(str(path), "pt") as f:
-            text = (f.metadata() or {}).get("config")
         config = json.loads(text) if text is not None else None
-    except (SafetensorError, OSError, ValueError, RecursionError):
+    except (ValueError, RecursionError):
         return None
     return config if isinstance(config, dict) else None
 
@@ -245,13 +253,16 @@ def _read_for_resume(run_dir: Path, pinned: files.Pinned, n_train: int) -> tuple
     return tensors, metadata, loop_state(pinned.path, tensors, metadata, n_train)
 
 
-def restore(run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, n_train: int) -> LoopState | None:
+def restore(run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, n_train: int,
+            scheduled: bool = False, extra=None) -> LoopState | None:
     """Load the newest intact checkpoint into model and optimizer and return its loop state (the caller
     restores batch order and RNG). `optimizer` must be as the run's config builds it, nothing loaded yet:
     its hyper-parameters are what every checkpoint must hold. A damaged checkpoint is renamed to *.damaged
     with a warning and the next older one tried. None when the run has no checkpoint at all; a RunDirError
     when it has some but none is intact, or when the model's weights do not fit config.json (naming the
-    tensor and both shapes)."""
+    tensor and both shapes). With a learning-rate schedule (`scheduled`) the rate is the checkpoint's; `extra`,
+    if given, is called with (tensors, metadata, step) to restore the rest of the run's state (the schedule,
+    averaged weights, validation: training.protocol), and may raise DamagedCheckpoint like the checks here."""
     run_dir = Path(run_dir)
     built = json.loads(json.dumps(optimizer.state_dict()["param_groups"]))  # before anything is loaded into it
     device = next(iter(model.parameters()), torch.empty(0)).device
@@ -269,14 +280,16 @@ def restore(run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimi
             if mismatch is not None:
                 raise RunDirError(f"--resume: {path} does not match {run_dir / 'config.json'}: {mismatch}")
             model.load_state_dict(weights)
-            groups = param_groups(metadata, built)
+            groups = param_groups(metadata, built, scheduled)
             adam = adam_state(tensors, optimizer, groups, state.step)
             try:
                 optimizer.load_state_dict({"state": adam, "param_groups": groups})
             except (RuntimeError, KeyError, ValueError, TypeError) as exc:
-                raise DamagedCheckpoint(f"Adam's state does not load ({str(exc).strip().splitlines()[0][:120]})") from None
+                raise DamagedCheckpoint(f"the optimiser's state does not load ({str(exc).strip().splitlines()[0][:120]})") from None
             check_weights(model)
             check_rng_cuda(state, device)
+            if extra is not None:
+                extra(tensors, metadata, state.step)
             return state
         except DamagedCheckpoint as exc:
             damaged += 1

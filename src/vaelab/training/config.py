@@ -76,16 +76,65 @@ class DataConfig:
     MNIST only) or random."""
     labels_per_class: int = 10
     """Labelled images per class when labelled = random."""
+    validation: int = 0
+    """Hold out the last N training images as a validation set (the VampPrior paper: 10,000 of MNIST's 60,000), never
+    trained on; train.eval_every says how often it is bounded (0: no validation set)."""
 
 
 @dataclass
 class TrainConfig:
     steps: int = 20000
-    """Optimiser steps (the reference trains 20,000)."""
+    """Optimiser steps (the reference trains 20,000); train.epochs, when set, decides it instead."""
+    epochs: int = 0
+    """Passes over the training set (0: train.steps decides): train.steps becomes epochs x (training images //
+    batch_size), the last partial batch of each epoch dropped, and is recorded so in config.json."""
     batch_size: int = 100
     """Images per step."""
     lr: float = 1e-3
-    """Adam learning rate (constant)."""
+    """Learning rate (the peak of a schedule)."""
+    optimizer: str = "adam"
+    """adam, adamw (decoupled weight decay) or adamax (Adam's infinity-norm variant, as NVAE)."""
+    weight_decay: float = 0.0
+    """Weight decay: decoupled for adamw, added to the gradient (L2) for adam and adamax (0: none)."""
+    eps: float = 1e-8
+    """The optimiser's epsilon, added to the root of the second moment (the IWAE paper: 1e-4)."""
+    lr_schedule: str = "constant"
+    """How the learning rate changes, stepped once per optimiser step (torch.optim.lr_scheduler): constant; step (times
+    lr_decay every lr_step steps); exponential (the same decay spread over every step); multistep (times lr_decay at each
+    step of lr_milestones); cosine (down to lr_min at the last step); plateau (times lr_decay after lr_plateau_patience
+    validations without a better bound; needs data.validation)."""
+    lr_decay: float = 0.1
+    """The factor of the step, exponential, multistep and plateau schedules."""
+    lr_step: int = 10000
+    """Steps per decay by lr_decay of the step and exponential schedules."""
+    lr_milestones: tuple[int, ...] = ()
+    """Steps at which the multistep schedule multiplies the learning rate by lr_decay (increasing)."""
+    lr_min: float = 0.0
+    """The cosine schedule's final learning rate."""
+    lr_plateau_patience: int = 10
+    """Validations without a better bound before the plateau schedule decays the learning rate."""
+    lr_warmup_steps: int = 0
+    """Linear warm-up: the learning rate rises from lr / lr_warmup_steps to lr over this many steps, then follows
+    lr_schedule (0: none)."""
+    ema_decay: float = 0.0
+    """Polyak averaging of the weights, w_avg <- d w_avg + (1 - d) w after every step, with d this decay (0: off;
+    0.999 or 0.9999 are usual). Validation, best.safetensors and model.safetensors then hold the averaged weights."""
+    eval_every: int = 0
+    """Bound the validation images (data.validation) every this many train.eval_unit, log it to validation.jsonl,
+    TensorBoard and the progress bar, and keep the best weights as best.safetensors (0: never)."""
+    eval_unit: str = "steps"
+    """The unit of train.eval_every: steps or epochs."""
+    validation_iw: int = 0
+    """Also bound the validation images by IWAE-k with this k (>= 2), and choose the best weights by it (0: by the NELBO)."""
+    grad_normalize: bool = False
+    """Divide each parameter's gradient by its L2 norm (+ 1e-7) before the optimiser step: the VampPrior authors'
+    AdamNormGrad with train.optimizer=adam."""
+    patience_from: int = 0
+    """Validations before this step never count towards train.patience (the VampPrior code counts none during its
+    100 epochs of KL warm-up); the best weights are kept from the first validation on."""
+    patience: int = 0
+    """Early stopping: stop after this many validations in a row without a better bound (0: train to the end).
+    The VampPrior paper's look-ahead of 50 epochs is train.patience=50 with train.eval_every=1, train.eval_unit=epochs."""
     seed: int = 0
     """Seeds weights, batch order, binarization and z samples."""
     device: str = "auto"
@@ -242,6 +291,7 @@ def validate(cfg: RunConfig) -> None:
         (cfg.train.max_loss_per_element >= 0, "train.max_loss_per_element", "must be >= 0"),
         (cfg.train.threads >= 0, "train.threads", "must be >= 0"),
         (cfg.train.precision in ("fp32", "bf16"), "train.precision", "must be fp32 or bf16"),
+        *protocol_checks(cfg),
     ]
     for ok, key, why in checks:
         if not ok:
@@ -250,6 +300,55 @@ def validate(cfg: RunConfig) -> None:
     if parameters > MAX_PARAMETERS:
         raise ConfigError(f"model: these settings make {parameters:.3g} parameters, over the limit of {MAX_PARAMETERS:.0e} "
                           f"(4 GB of float32); reduce model.hidden, model.channels, model.z_dim or model.prior_components")
+
+
+OPTIMIZERS = ("adam", "adamw", "adamax")
+LR_SCHEDULES = ("constant", "step", "exponential", "multistep", "cosine", "plateau")
+# The schedule settings each schedule reads; any other schedule refuses them.
+_SCHEDULE_SETTINGS = {"lr_decay": ("step", "exponential", "multistep", "plateau"), "lr_step": ("step", "exponential"),
+                      "lr_milestones": ("multistep",), "lr_min": ("cosine",), "lr_plateau_patience": ("plateau",)}
+
+
+def protocol_checks(cfg: RunConfig) -> list[tuple[bool, str, str]]:
+    """The checks of the training protocol's settings: epochs, optimiser, schedule, averaging, validation."""
+    t, validating = cfg.train, cfg.train.eval_every > 0
+    milestones = list(t.lr_milestones)
+    return [
+        (t.epochs >= 0, "train.epochs", "must be >= 0"),
+        (t.optimizer in OPTIMIZERS, "train.optimizer", f"must be one of {', '.join(OPTIMIZERS)}"),
+        (t.weight_decay >= 0, "train.weight_decay", "must be >= 0"),
+        (0 < t.eps < 1, "train.eps", "must be in (0, 1)"),
+        (t.lr_schedule in LR_SCHEDULES, "train.lr_schedule", f"must be one of {', '.join(LR_SCHEDULES)}"),
+        (0 < t.lr_decay <= 1, "train.lr_decay", "must be in (0, 1]"),
+        (t.lr_step >= 1, "train.lr_step", "must be >= 1"),
+        (all(m >= 1 for m in milestones) and milestones == sorted(set(milestones)), "train.lr_milestones",
+         "must be increasing steps >= 1"),
+        (t.lr_schedule != "multistep" or bool(milestones), "train.lr_milestones", "the multistep schedule needs one or more steps"),
+        (not milestones or milestones[0] > t.lr_warmup_steps, "train.lr_milestones", "must come after the warm-up (train.lr_warmup_steps)"),
+        (0 <= t.lr_min < t.lr, "train.lr_min", "must be >= 0 and below train.lr"),
+        (t.lr_plateau_patience >= 1, "train.lr_plateau_patience", "must be >= 1"),
+        *[(t.lr_schedule in schedules or _as_tuple(getattr(t, key)) == _as_tuple(getattr(TrainConfig, key)), f"train.{key}",
+           f"applies to the {', '.join(schedules)} schedule{'s' if len(schedules) > 1 else ''} only (train.lr_schedule is {t.lr_schedule})")
+          for key, schedules in _SCHEDULE_SETTINGS.items()],
+        (t.lr_schedule != "plateau" or validating, "train.lr_schedule", "plateau decays on the validation bound: set data.validation and train.eval_every"),
+        (t.lr_warmup_steps >= 0, "train.lr_warmup_steps", "must be >= 0"),
+        (0 <= t.ema_decay < 1, "train.ema_decay", "must be in [0, 1)"),
+        (t.eval_every >= 0, "train.eval_every", "must be >= 0"),
+        (t.eval_unit in ("steps", "epochs"), "train.eval_unit", "must be steps or epochs"),
+        (cfg.data.validation >= 0, "data.validation", "must be >= 0"),
+        (not validating or cfg.data.validation > 0, "train.eval_every", "validation needs held-out images: set data.validation (e.g. 10000)"),
+        (validating or cfg.data.validation == 0, "data.validation", "held-out images are only bounded with train.eval_every > 0: set it too"),
+        (t.validation_iw == 0 or t.validation_iw >= 2, "train.validation_iw", "must be 0 (the NELBO) or k >= 2"),
+        (t.validation_iw == 0 or validating, "train.validation_iw", "applies when validating (train.eval_every > 0)"),
+        (t.patience >= 0, "train.patience", "must be >= 0"),
+        (t.patience_from >= 0, "train.patience_from", "must be >= 0"),
+        (t.patience_from == 0 or t.patience > 0, "train.patience_from", "applies with early stopping (train.patience > 0)"),
+        (t.patience == 0 or validating, "train.patience", "early stopping watches the validation bound: set data.validation and train.eval_every"),
+    ]
+
+
+def _as_tuple(value):
+    return tuple(value) if isinstance(value, (list, tuple)) else value
 
 
 # Adam's step is about lr in every weight, so beyond this any network diverges at the first steps.

@@ -1,4 +1,6 @@
-"""Training loop: Adam for a fixed number of steps on dynamically binarized batches.
+"""Training loop: the run's optimiser for a number of steps (or epochs) on dynamically binarized batches,
+with the training protocol of training.protocol: a learning-rate schedule, averaged weights, validation on
+held-out training images with the best weights kept, and early stopping.
 
 The training images stay on the device as one uint8 tensor; each step takes a shuffled slice of
 indices and draws a fresh Bernoulli binarization there. No per-item Python runs per step.
@@ -9,7 +11,6 @@ from __future__ import annotations
 import json
 import math
 import signal
-import threading
 import time
 from pathlib import Path
 
@@ -24,17 +25,15 @@ from ..models import build_model, model_class
 from . import checkpoints, distributed, files, runs
 from . import resume as resume_mod
 from .batches import Batches
+from .board import TensorBoard
 from .config import RunConfig, check_labels, resolve_data_source, run_label, save_json, validate
 from .guard import NonFiniteGuard
 from .memory import check_step_memory
+from .optimizers import make_optimizer
+from .protocol import Protocol, validation_record
+from .stopping import StopRequest
 from .threads import auto_threads, step_flops
-
-
-def make_optimizer(model: torch.nn.Module, lr: float, device: torch.device) -> torch.optim.Adam:
-    """Adam with the fused kernel where torch has one (CPU, CUDA): one pass over each parameter
-    instead of a dozen foreach ops; on the reference VAE it is most of the difference between
-    vaelab and a plain loop (docs/performance.md)."""
-    return torch.optim.Adam(model.parameters(), lr=lr, fused=device.type in ("cpu", "cuda"))
+from .validation import split_validation, steps_per_epoch
 
 
 def gradients_finite(parameters: list[torch.Tensor]) -> torch.Tensor:
@@ -65,90 +64,6 @@ def training_loss(model: torch.nn.Module, batch: dict, cfg: RunConfig, beta: flo
     """The run's objective for one batch: the model's terms, turned into a loss by vaelab.objectives."""
     terms = model(batch, cfg.objective.k)
     return objectives.loss(terms, cfg.objective.kind, beta, cfg.objective.free_bits, cfg.objective.free_bits_group)
-
-
-def _quiet_tensorboard_thread(args) -> None:
-    # TensorBoard writes from a thread of its own; a failed write (a full disk) would print that thread's
-    # traceback. The writer raises the same error in the main thread at its next call, where
-    # TensorBoard._guard turns it into one line, so the thread's copy is dropped.
-    if type(args.thread).__name__ != "_AsyncWriterThread":
-        _default_thread_hook(args)
-
-
-_default_thread_hook = threading.excepthook
-
-
-class TensorBoard:
-    """TensorBoard event files beside metrics.jsonl: the logged scalars, and a grid of samples from
-    the model at every checkpoint (one column per label for models that generate given a label)."""
-
-    def __init__(self, folder: Path, model: torch.nn.Module, cfg: RunConfig, purge_step: int | None = None):
-        from torch.utils.tensorboard import SummaryWriter
-
-        threading.excepthook = _quiet_tensorboard_thread
-        self.folder = folder
-        # purge_step drops events a killed run logged after its last checkpoint.
-        self.writer = self._guard(lambda: SummaryWriter(str(folder), purge_step=purge_step))
-        self.model, self.cfg = model, cfg
-
-    def _guard(self, write):
-        try:
-            return write()
-        except OSError as exc:
-            raise RunDirError(f"cannot write {self.folder}: {exc.strerror or exc}") from None
-
-    def scalars(self, step: int, record: dict) -> None:
-        for key, value in record.items():
-            if key not in ("step", "seconds"):
-                self._guard(lambda: self.writer.add_scalar(f"train/{key}", value, step))
-
-    @torch.no_grad()
-    def samples(self, step: int) -> None:
-        was_training = self.model.training
-        self.model.eval()
-        device = next(self.model.parameters()).device
-        # Forked RNG: drawing these samples must not change the training run's random stream.
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            torch.manual_seed(0)  # the same z at every checkpoint, so the grids show training progress
-            images = self.model.label_grid(6) if self.model.spec.label_code else self.model.sample(60).view(6, 10, -1)
-        self.model.train(was_training)
-        ncol = images.shape[1]
-        grid = data_mod.image_grid(images.clamp(0, 1), ncol, tuple(self.cfg.model.image_shape), pad_value=0.5)
-        self._guard(lambda: self.writer.add_image("samples", grid, step, dataformats="HWC" if grid.ndim == 3 else "HW"))
-        self._guard(self.writer.flush)
-
-    def close(self) -> None:
-        self._guard(self.writer.close)
-
-
-class StopRequest:
-    """SIGINT and SIGTERM while training set a flag instead of killing the step half-way; the loop looks
-    at it between steps, writes a checkpoint and stops (TrainingInterrupted). Handlers are installed
-    only in the main thread (Python allows no other) and restored when training ends. Under torchrun
-    the processes agree on stopping at log steps, where they already synchronise."""
-
-    def __init__(self):
-        self.signum = 0
-        self._previous = {}
-        if threading.current_thread() is threading.main_thread():
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                self._previous[signum] = signal.signal(signum, self._handle)
-
-    def _handle(self, signum, frame) -> None:
-        self.signum = signum
-
-    def requested(self, ctx: distributed.Context, step: int, log_every: int) -> int:
-        """The signal to stop with, 0 to go on. Under torchrun, at log steps, the largest any process received:
-        a signal sent to one process only (kill PID) stops them all. Only the handler writes self.signum, so a
-        signal arriving while the processes agree is kept for the next log step."""
-        if not ctx.active:
-            return self.signum
-        return ctx.max_int(self.signum) if step % log_every == 0 else 0
-
-    def restore(self) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
-        self._previous = {}
 
 
 def train(cfg: RunConfig, run_dir: str | Path, progress: bool = True, resume: bool = False) -> dict:
@@ -195,6 +110,10 @@ def _train(cfg: RunConfig, run_dir: Path, progress: bool, resume: bool, ctx: dis
     cfg.model.x_dim, cfg.model.image_shape = train_set.x_dim, train_set.image_shape
     validate(cfg)  # again with the shape the files have, should they differ from the one the dataset declares
     check_labels(cfg, train_set)
+    train_set, held_out = split_validation(train_set, cfg)  # the held-out images never reach a batch
+    per_epoch = steps_per_epoch(len(train_set), cfg)
+    if cfg.train.epochs:  # recorded so in config.json: the run's length in steps is what resumes and reports read
+        cfg.train.steps = cfg.train.epochs * per_epoch
     check_step_memory(cfg, device)  # a step too large for the device is refused before anything big is allocated
     torch.manual_seed(cfg.train.seed)
     batches = Batches(train_set, cfg, model_class(cfg.model.name).spec.labels, cfg.model.binary_pixels, device)
@@ -210,19 +129,21 @@ def _train(cfg: RunConfig, run_dir: Path, progress: bool, resume: bool, ctx: dis
             model, {key: ctx.shard(value) for key, value in batches.sample().items()},
             lambda m, batch: training_loss(m, batch, cfg, cfg.objective.beta).loss)))
         origin["threads"] = torch.get_num_threads()  # provenance read torch's default before this
-    optimizer = make_optimizer(model, cfg.train.lr, device)
+    optimizer = make_optimizer(model, cfg.train, device)
+    protocol = Protocol(model, optimizer, cfg, len(train_set), held_out)
     # Mixed precision: the networks run in bfloat16, densities in float32 (distributions.full_precision).
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.train.precision == "bf16")
     objective = distributed.wrap(model, lambda m, batch, beta: training_loss(m, batch, cfg, beta), ctx,
                                  find_unused=not model.trains_every_parameter)
     names, sums, since_log, done, elapsed_before, skipped = None, None, 0, 0, 0.0, 0
     logged: list[dict] = []  # on resume, the metrics kept from before the checkpoint
+    stopped_early = False  # on resume, a run whose validations had already stopped it
     if resume:
         # Rank 0 first: it moves damaged checkpoints aside, and the other processes then read what is left.
         restored = ctx.rank_0_first(lambda: files.remove_stale_temporaries(run_dir) or
-                                    resume_mod.restore(run_dir, model, optimizer, batches, device), peer_error)
+                                    resume_mod.restore(run_dir, model, optimizer, batches, device, protocol), peer_error)
         if not main:
-            restored = resume_mod.restore(run_dir, model, optimizer, batches, device)
+            restored = resume_mod.restore(run_dir, model, optimizer, batches, device, protocol)
         if restored is None:
             if (run_dir / runs.WEIGHTS_FILE).is_file():
                 raise RunDirError(f"--resume: {run_dir} has final weights but no checkpoint to continue from")
@@ -236,8 +157,12 @@ def _train(cfg: RunConfig, run_dir: Path, progress: bool, resume: bool, ctx: dis
         # so is one whose weights do not match the manifest.
         if done > cfg.train.steps:
             raise RunDirError(f"--resume: {run_dir} is at step {done}, past --steps {cfg.train.steps}")
-        if done >= cfg.train.steps:
+        stopped_early = protocol.validation is not None and protocol.validation.exhausted
+        if done >= cfg.train.steps or stopped_early:
             problem = runs.final_weights_problem(run_dir)  # reads and hashes the weights: only when they matter
+            if problem is None and stopped_early:
+                raise RunDirError(f"--resume: {run_dir} stopped early at step {done}, after {cfg.train.patience} validations without a "
+                                  f"better bound; pass --set train.patience=N (more than {cfg.train.patience}) to train on")
             if problem is None:
                 raise RunDirError(f"--resume: {run_dir} already finished {done} of {cfg.train.steps} steps; pass --steps N to train longer")
             if problem != "missing":
@@ -267,10 +192,11 @@ def _train(cfg: RunConfig, run_dir: Path, progress: bool, resume: bool, ctx: dis
         if sums is not None:
             state["log_sums"] = sums
         since_log, skipped, _ = guard.read()
-        checkpoints.save_checkpoint(run_dir, model, optimizer, step, cfg.train.keep_checkpoints, state,
+        protocol_tensors, protocol_metadata = protocol.checkpoint_state()
+        checkpoints.save_checkpoint(run_dir, model, optimizer, step, cfg.train.keep_checkpoints, {**state, **protocol_tensors},
                                     {"batch_position": batches.sampler.pos, "since_log": since_log, "log_names": json.dumps(names),
                                      "skipped_steps": skipped, "config": json.dumps(cfg.to_dict()),
-                                     "elapsed_seconds": round(elapsed_before + time.perf_counter() - start, 3)})
+                                     "elapsed_seconds": round(elapsed_before + time.perf_counter() - start, 3), **protocol_metadata})
 
     guard = NonFiniteGuard(optimizer, device, good=since_log, skipped=skipped)
     metrics_path = run_dir / runs.METRICS_FILE
@@ -280,11 +206,14 @@ def _train(cfg: RunConfig, run_dir: Path, progress: bool, resume: bool, ctx: dis
     loss_limit = cfg.train.max_loss_per_element * cfg.model.x_dim if cfg.train.max_loss_per_element else math.inf
     bar = tqdm(total=cfg.train.steps, initial=done, disable=not (progress and main), dynamic_ncols=True, mininterval=0.5,
                desc=f"train {run_label(cfg)}")
-    record: dict = logged[-1] if logged else {}  # the last logged means, for the summary of a run with nothing left to do
+    # The last logged means, for the summary of a run with nothing left to do (validation lines have no loss).
+    record: dict = next((r for r in reversed(logged) if "loss" in r), {})
     record_steps = min(cfg.train.log_every, cfg.train.steps)  # how many steps those means cover
     parameters = list(model.parameters())  # once: walking the module tree costs ~0.1 ms a step
     model.train()
-    for step in range(done + 1, cfg.train.steps + 1):
+    shown: dict = {}  # the progress bar's postfix: the last logged means and validation bounds
+    last = done  # the step training ends at: the last of train.steps, or the validation that stopped it early
+    for step in range(done + 1, (done if stopped_early else cfg.train.steps) + 1):
         signum = stop.requested(ctx, step - 1, cfg.train.log_every)
         if signum:
             bar.close()
@@ -304,19 +233,37 @@ def _train(cfg: RunConfig, run_dir: Path, progress: bool, resume: bool, ctx: dis
             out = objective(batch, beta)
         optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
+        if cfg.train.grad_normalize:  # AdamNormGrad: each gradient at unit norm (a NaN stays NaN for the check below)
+            grads = [p.grad for p in parameters if p.grad is not None]
+            torch._foreach_div_(grads, torch._foreach_add(torch._foreach_norm(grads), 1e-7))
         if cfg.train.grad_clip:  # the clipping norm also tells whether any gradient is inf / nan
             grads_finite = torch.isfinite(torch.nn.utils.clip_grad_norm_(parameters, cfg.train.grad_clip))
         else:
             grads_finite = gradients_finite(parameters)
         # No host read here: the guard skips a non-finite step on the device (training/guard.py).
         weight = guard.step(ctx.all_ok(torch.isfinite(out.loss.detach()) & grads_finite))
+        protocol.after_step()
+        last = step
         bar.update(1)
         if weight is not None:
             values = torch.stack([out.loss.detach(), out.nelbo, out.kl, out.rec, *out.extras.values()])
             if sums is None:
                 names, sums = ["loss", "nelbo", "kl", "rec", *out.extras], torch.zeros_like(values)
             sums += torch.where(weight, values, 0.0)  # a skipped step's NaN never reaches the sums
-        if step % cfg.train.log_every == 0 or step == cfg.train.steps:
+        stopping = False
+        if protocol.validation is not None and protocol.validation.due(step):
+            result, improved = protocol.validate(step)
+            if main:
+                line = validation_record(step, per_epoch, result, protocol, elapsed_before + time.perf_counter() - start)
+                files.append_jsonl(metrics_path, line)
+                board.scalars(step, {key[len("validation_"):]: value for key, value in line.items()
+                                     if key.startswith("validation_") and value is not None}, group="validation")
+                if improved:
+                    runs.save_best_weights(run_dir, protocol.kept_model, step, result[protocol.validation.key], protocol.validation.key)
+            shown.update(val=f"{result[protocol.validation.key]:.2f}", best=f"{protocol.validation.best:.2f}")
+            bar.set_postfix(shown)
+            stopping = protocol.validation.exhausted  # early stopping: what follows is this step's last log and checkpoint
+        if step % cfg.train.log_every == 0 or step == cfg.train.steps or stopping:
             since_log, skipped, longest = guard.read()
             if longest >= cfg.train.max_nonfinite_steps:
                 raise TrainingDiverged(
@@ -328,18 +275,22 @@ def _train(cfg: RunConfig, run_dir: Path, progress: bool, resume: bool, ctx: dis
                 means = dict(zip(names, (ctx.mean(sums) / since_log).tolist()))
                 record_steps = since_log
                 elapsed = elapsed_before + time.perf_counter() - start
-                record = {"step": step, **means, "beta": beta, "skipped_steps": skipped,
-                          "seconds": round(elapsed, 3), "images_per_second": round(step * cfg.train.batch_size / elapsed, 1)}
+                record = {"step": step, **means, "beta": beta, **({"lr": protocol.lr} if protocol.scheduled else {}),
+                          "skipped_steps": skipped, "seconds": round(elapsed, 3),
+                          "images_per_second": round(step * cfg.train.batch_size / elapsed, 1)}
                 if main:
                     files.append_jsonl(metrics_path, record)
                     board.scalars(step, record)
-                bar.set_postfix(loss=f"{means['loss']:.2f}", kl=f"{means['kl']:.2f}", rec=f"{means['rec']:.2f}")
+                shown.update(loss=f"{means['loss']:.2f}", kl=f"{means['kl']:.2f}", rec=f"{means['rec']:.2f}")
+                bar.set_postfix(shown)
                 sums.zero_()
                 if abs(means["loss"]) > loss_limit:
                     raise TrainingDiverged(
                         f"training stopped at step {step}: the mean loss {means['loss']:.4g} is beyond train.max_loss_per_element "
                         f"({cfg.train.max_loss_per_element:g} nats per element); try a lower --lr or --set train.grad_clip=10; "
                         f"last checkpoint: {checkpoints.newest(run_dir) or 'none yet'}")
+        if stopping:
+            break  # the checkpoint, weights and summary below are those of this step
         if step % cfg.train.checkpoint_every == 0 and step < cfg.train.steps:
             checkpoint(step)
             last_checkpoint = time.perf_counter()
@@ -349,26 +300,28 @@ def _train(cfg: RunConfig, run_dir: Path, progress: bool, resume: bool, ctx: dis
             checkpoint(step)  # by the clock as well, so a kill loses at most checkpoint_seconds of work
             last_checkpoint = time.perf_counter()
     bar.close()
-    checkpoint(cfg.train.steps)
+    checkpoint(last)
     _, skipped, _ = guard.read()
     train_seconds = elapsed_before + time.perf_counter() - start
     if main:
-        board.samples(cfg.train.steps)
+        board.samples(last)
         board.close()
-        runs.save_weights(run_dir, model)
+        runs.save_weights(run_dir, protocol.kept_model)
     summary = {
         "model": cfg.model.name,
         "label": run_label(cfg),
-        "steps": cfg.train.steps,
+        "steps": last,
+        "epochs": round(last / per_epoch, 3),
         "train_seconds": round(train_seconds, 2),
-        "images_per_second": round(cfg.train.steps * cfg.train.batch_size / train_seconds, 1),
+        "images_per_second": round(last * cfg.train.batch_size / train_seconds, 1),
         "resumed_from_step": done if resume else None,
         "skipped_steps": skipped,
         "device": str(device),
         **origin,
         "processes": ctx.world_size,
         "final_steps": record_steps,
-        "final": {k: v for k, v in record.items() if k not in ("step", "beta", "seconds", "images_per_second", "skipped_steps")},
+        "final": {k: v for k, v in record.items() if k not in ("step", "beta", "lr", "seconds", "images_per_second", "skipped_steps")},
+        **training_end(protocol, cfg, last),
     }
     if main:
         files.atomic_write_text(run_dir / runs.SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
@@ -377,3 +330,13 @@ def _train(cfg: RunConfig, run_dir: Path, progress: bool, resume: bool, ctx: dis
     ctx.wait_for_all()
     return summary
 
+
+def training_end(protocol: Protocol, cfg: RunConfig, last: int) -> dict:
+    """What ended the run ("stopped": "budget" or "early stopping") and, for a run that validates, its best bound."""
+    validation = protocol.validation
+    if validation is None:
+        return {"stopped": "budget"}
+    return {"stopped": "early stopping" if validation.exhausted else "budget",
+            "validation": {"bound": validation.key, "best": validation.best if math.isfinite(validation.best) else None,
+                           "best_step": validation.best_step, "validations": validation.count,
+                           "since_best": validation.since_best, "patience": cfg.train.patience}}

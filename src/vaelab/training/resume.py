@@ -27,9 +27,11 @@ from .legacy import migrate_legacy
 HISTORY_FILE = "history.jsonl"
 
 # Settings a resumed run may change: none of them changes what a step computes, so the run stays the one
-# its checkpoints continue. The learning rate is not among them: Adam's state restores the one it had.
+# its checkpoints continue. The learning rate is not among them: the optimiser's state restores the one it had.
+# train.steps (or train.epochs) may grow or shrink, except under the cosine schedule, whose every rate depends
+# on it; train.patience may change (a run that stopped early continues with a larger one).
 RESUMABLE = frozenset({
-    "train.steps", "train.log_every", "train.checkpoint_every", "train.checkpoint_seconds", "train.keep_checkpoints",
+    "train.steps", "train.epochs", "train.patience", "train.log_every", "train.checkpoint_every", "train.checkpoint_seconds", "train.keep_checkpoints",
     "train.threads", "train.device", "train.max_nonfinite_steps", "train.max_loss_per_element", "train.label",
     "data.data_dir", "data.download",
 })
@@ -106,7 +108,7 @@ def check_changes(run_dir: Path, cfg: RunConfig) -> dict:
     new = flatten(cfg.to_dict())
     changed = {key: [old.get(key, _ABSENT), new.get(key, _ABSENT)] for key in sorted(old.keys() | new.keys())
                if old.get(key, _ABSENT) != new.get(key, _ABSENT)}
-    fixed = [key for key in changed if key not in RESUMABLE]
+    fixed = [key for key in changed if key not in RESUMABLE or (key in ("train.steps", "train.epochs") and cfg.train.lr_schedule == "cosine")]
     if fixed:
         listed = ", ".join(f"{key} ({_show(changed[key][0])} -> {_show(changed[key][1])})" for key in fixed)
         raise ConfigError(f"--resume: {Path(run_dir) / 'config.json'} changes {listed} since {where}; "
@@ -141,11 +143,13 @@ def lock_and_compare(run_dir: Path, cfg: RunConfig, locks: list) -> dict:
     return check_changes(run_dir, cfg)
 
 
-def restore(run_dir: Path, model, optimizer, batches: Batches, device: torch.device) -> checkpoints.LoopState | None:
-    """Continue from the newest intact checkpoint of run_dir: model, Adam, batch order and position, RNG.
+def restore(run_dir: Path, model, optimizer, batches: Batches, device: torch.device, protocol=None) -> checkpoints.LoopState | None:
+    """Continue from the newest intact checkpoint of run_dir: model, optimiser, batch order and position, RNG,
+    and the training protocol's schedule, averaged weights and validation state (training.protocol.Protocol).
     None when the run was killed before its first checkpoint (it then starts again from step 0, which
     the seed makes the same run)."""
-    state = checkpoints.restore(run_dir, model, optimizer, batches.sampler.n)
+    state = checkpoints.restore(run_dir, model, optimizer, batches.sampler.n, scheduled=protocol is not None and protocol.scheduled,
+                                extra=None if protocol is None else protocol.restore)
     if state is None:
         return None
     batches.sampler.order = state.batch_order.to(device)

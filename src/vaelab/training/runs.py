@@ -2,10 +2,12 @@
 
 Layout of RUN_DIR:
     config.json                    the resolved RunConfig; with model.safetensors it rebuilds the model
-    model.safetensors              final weights
+    model.safetensors              final weights (the averaged ones, with train.ema_decay)
+    best.safetensors               the weights with the best validation bound so far (with data.validation), metadata
+                                   step, bound and which bound; `vaelab eval` reads them when present
     checkpoints/step-NNNNNNN.safetensors   weights + Adam state + loop state (checkpoints.py)
     manifest.json                  size and sha256 of the weights and each checkpoint (files.py)
-    metrics.jsonl                  one JSON object per logged training step
+    metrics.jsonl                  one JSON object per logged training step, and one per validation (validation_*)
     history.jsonl                  one record per start and resume: step, time, settings changed (resume.py)
     tensorboard/                   the same scalars and sample grids as TensorBoard event files
     summary.json                   wall time, steps, final training metrics
@@ -33,6 +35,8 @@ from ..models import build_model, model_class
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
+BEST_FILE = "best.safetensors"
+WEIGHT_CHOICES = ("auto", "best", "final")
 CHECKPOINT_DIR = checkpoints.CHECKPOINT_DIR
 MANIFEST_FILE = files.MANIFEST_FILE
 METRICS_FILE = "metrics.jsonl"
@@ -103,23 +107,33 @@ def save_weights(run_dir: Path, model: torch.nn.Module) -> None:
     checkpoints.write_safetensors(Path(run_dir) / WEIGHTS_FILE, model.state_dict())
 
 
+def save_best_weights(run_dir: Path, model: torch.nn.Module, step: int, bound: float, key: str) -> None:
+    """best.safetensors: the weights of the best validation so far, with its step and bound as metadata."""
+    checkpoints.write_safetensors(Path(run_dir) / BEST_FILE, model.state_dict(),
+                                  {"step": str(step), "bound": repr(float(bound)), "validation": key})
+
+
 def final_weights_problem(run_dir: Path) -> str | None:
     """Why RUN_DIR/model.safetensors cannot be used (missing, or not matching the manifest), or None."""
     path = Path(run_dir) / WEIGHTS_FILE
     return "missing" if not path.is_file() else files.verify(path)
 
 
-def load_run(run_dir: str | os.PathLike, device="cpu") -> tuple[torch.nn.Module, config_mod.RunConfig]:
-    """Rebuild a run's model from its directory alone: config.json plus the final weights
-    (or, for a run still in progress, its newest checkpoint). The model is in eval mode."""
-    model, cfg, _ = load_run_weights(run_dir, device)
+def load_run(run_dir: str | os.PathLike, device="cpu", weights: str = "auto") -> tuple[torch.nn.Module, config_mod.RunConfig]:
+    """Rebuild a run's model from its directory alone: config.json plus its weights (load_run_weights says
+    which). The model is in eval mode."""
+    model, cfg, _ = load_run_weights(run_dir, device, weights)
     return model, cfg
 
 
-def load_run_weights(run_dir: str | os.PathLike, device="cpu") -> tuple[torch.nn.Module, config_mod.RunConfig, dict]:
+def load_run_weights(run_dir: str | os.PathLike, device="cpu", weights: str = "auto") -> tuple[torch.nn.Module, config_mod.RunConfig, dict]:
     """load_run, plus which weights were read: {"weights": the file, relative to RUN_DIR, "step": the
     training step they are from, "sha256": their checksum}. An evaluation records it, so that a result
-    can be told apart from the weights the run has after it trained on."""
+    can be told apart from the weights the run has after it trained on.
+
+    `weights`: "best" the weights with the best validation bound (best.safetensors); "final" the final weights,
+    or for a run still in progress its newest checkpoint; "auto" (the default) the best when the run has them,
+    else the final."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise RunDirError(f"run directory {run_dir} {'is a file, not a folder' if run_dir.exists() else 'does not exist'}")
@@ -131,11 +145,16 @@ def load_run_weights(run_dir: str | os.PathLike, device="cpu") -> tuple[torch.nn
         config_mod.validate(cfg)
     except ConfigError as exc:
         raise RunDirError(f"{run_dir / CONFIG_FILE}: {exc}") from None
+    if weights not in WEIGHT_CHOICES:
+        raise ConfigError(f"weights: expected one of {', '.join(WEIGHT_CHOICES)}, got {weights!r}")
+    best = run_dir / BEST_FILE
+    if weights == "best" and not best.is_file():
+        raise RunDirError(f"{run_dir}: no {BEST_FILE} (it is written when a run validates: data.validation and train.eval_every)")
     model = build_model(cfg.model)
     # A trainer may replace the weights or prune checkpoints while they are read: a read that lost such a
     # race (None) is tried again.
     for _ in range(checkpoints.READ_ATTEMPTS):
-        found = _read_weights(run_dir, cfg, device)
+        found = _read_best(run_dir, device) if weights != "final" and best.is_file() else _read_weights(run_dir, cfg, device)
         if found is not None:
             break
     else:
@@ -171,6 +190,34 @@ def _read_weights(run_dir: Path, cfg: config_mod.RunConfig, device) -> tuple[Pat
             raise RunDirError(f"{weights}: damaged ({problem}); vaelab train --resume {run_dir} writes it again "
                               f"from the final checkpoint")
         return weights, final_step(run_dir, cfg), checkpoints.read_pinned(pinned, device), pinned.digest
+
+
+def _read_best(run_dir: Path, device) -> tuple[Path, int, dict, str] | None:
+    """(file, step, tensors, sha256) of best.safetensors, the step from its metadata; None when it was replaced
+    while being read."""
+    path = run_dir / BEST_FILE
+    try:
+        pinned = checkpoints.pin(path, run_dir)
+    except FileNotFoundError:
+        return None
+    with pinned:
+        problem = pinned.settled_problem()
+        if problem == files.RACED:
+            return None
+        if problem is not None:
+            raise RunDirError(f"{path}: damaged ({problem}); evaluate the final weights with --weights final")
+        tensors, metadata = checkpoints.read_pinned(pinned, device, metadata=True)
+        step = metadata.get("step", "")
+        if not step.isdigit():
+            raise RunDirError(f"{path}: its metadata does not give the step it is from")
+        return path, int(step), tensors, pinned.digest
+
+
+def best_step(run_dir: Path) -> int | None:
+    """The step of RUN_DIR/best.safetensors (its metadata), None when it is missing or does not say."""
+    metadata = checkpoints.header_metadata(Path(run_dir) / BEST_FILE)
+    step = (metadata or {}).get("step", "")
+    return int(step) if step.isdigit() else None
 
 
 def final_step(run_dir: Path, cfg: config_mod.RunConfig) -> int:
