@@ -11,9 +11,10 @@
 #   RUNS=DIR where run directories live (default ~/vaelab-runs/literature: outside the repository, so that a run a
 #            session could not finish resumes in the next)
 # `bash experiments/literature.sh DATA_DIR report` gathers every lane's runs into RUNS/all (copies, weights
-# included, so `vaelab eval` still works there), writes the combined report with `vaelab reproduce literature`
-# (which reuses finished runs and trains nothing new), and copies the report, its figures and each run's config,
-# metrics, summary and evaluation (not weights) into experiments/literature/.
+# included, so `vaelab eval` still works there), writes the combined report with `vaelab reproduce literature
+# --report-only` (runs as far as they got: a run still training shows its validation curve and no test bound), and
+# copies the report, its figures and each run's config, metrics, summary and evaluation (not weights) into
+# experiments/literature/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 data_dir=${1:?usage: bash experiments/literature.sh DATA_DIR LANE NAMES... | DATA_DIR report}
@@ -33,8 +34,7 @@ if [ "$lane" = report ]; then
     rm -rf "${all:?}/runs/$name"
     cp -a "$run" "$all/runs/$name"
   done
-  names=$(ls "$all/runs" | sed 's/-seed0$//' | paste -sd, -)
-  vaelab reproduce literature --epochs "$epochs" --only "$names" --data-dir "$data_dir" --threads 1 --no-progress --out "$all"
+  vaelab reproduce literature --report-only --out "$all"
   out=experiments/literature
   mkdir -p "$out/figures"
   cp "$all/report.md" "$all/report.html" "$out/"

@@ -79,6 +79,13 @@ def _seed():
     torch.manual_seed(0)
 
 
+@pytest.fixture(autouse=True)
+def _own_cache(tmp_path, monkeypatch):
+    """Every test caches (dSprites, decoded images) under its own tmp_path/cache/vaelab, the folder that
+    XDG_CACHE_HOME=tmp_path/cache names too, never in the user's cache."""
+    monkeypatch.setenv("VAELAB_CACHE", str(tmp_path / "cache" / "vaelab"))
+
+
 def assert_refused(settings: list[tuple[str, str]], message: str) -> None:
     """A default RunConfig with `settings` applied in order (`--set KEY=VALUE`) fails validation with `message`."""
     from vaelab.errors import ConfigError

@@ -279,3 +279,18 @@ def test_a_published_file_damaged_on_disk_is_refused(tmp_path, real_data):
         data.load("mnist", "test", tmp_path, download_missing=False)
     path.write_bytes(raw)  # the intact file loads
     assert len(data.load("mnist", "test", tmp_path, download_missing=False)) == 10000
+
+
+def test_a_failed_download_without_a_named_data_root_says_how_to_name_one(tmp_path, monkeypatch):
+    from vaelab.data import datasets
+
+    monkeypatch.delenv("VAELAB_DATA", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    (tmp_path / "cache" / "vaelab").mkdir(parents=True)
+    with pytest.raises(datasets.DataError) as caught:
+        datasets.locate("mnist", None, mirrors=["http://127.0.0.1:9/"])
+    msg = str(caught.value)
+    assert "download failed" in msg and "--data-dir or $VAELAB_DATA" in msg and "mnist/" in msg
+    with pytest.raises(datasets.DataError) as caught:  # a root the user named: no hint, the folder is theirs
+        datasets.locate("mnist", tmp_path / "cache" / "vaelab", mirrors=["http://127.0.0.1:9/"])
+    assert "VAELAB_DATA" not in str(caught.value)

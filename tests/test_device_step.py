@@ -125,15 +125,17 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUD
 
 
 @needs_cuda
-def test_cuda_training_synchronises_only_at_logs(tiny_data, tmp_path):
+@pytest.mark.parametrize("cuda_graphs", [False, True])
+def test_cuda_training_synchronises_only_at_logs(tiny_data, tmp_path, cuda_graphs):
     """torch's sync debug mode warns at each operation that waits for the GPU: a run of 40 steps must
-    warn as often as a run of 10 with the same logs and checkpoints."""
+    warn as often as a run of 10 with the same logs and checkpoints, eager or captured (train.cuda_graphs,
+    whose capture synchronises once a run)."""
     import warnings
 
     counts = []
     for steps in (10, 40):
         cfg = _cfg(tiny_data, "vae", steps)
-        cfg.train.device = "cuda"
+        cfg.train.device, cfg.train.cuda_graphs = "cuda", cuda_graphs
         torch.cuda.set_sync_debug_mode("warn")
         try:
             with warnings.catch_warnings(record=True) as caught:

@@ -55,7 +55,8 @@ def test_the_cache_is_written_once_read_back_and_checked(small, tmp_path):
     assert test.factors.shape == (10, 5) and np.array_equal(test.labels.numpy(), test.factors[:, 0].numpy())
     expected = dsprites.render(test.factors.numpy())
     assert np.array_equal(test.uint8().numpy(), expected)  # what was cached is what the factors draw
-    cache = tmp_path / "dsprites" / dsprites.CACHE_NAME
+    cache = dsprites.cache_folder() / dsprites.CACHE_NAME  # in the cache folder, not the data folder
+    assert cache.is_file() and not (tmp_path / "dsprites").exists()
     raw = bytearray(cache.read_bytes())
     raw[-1] ^= 1
     cache.write_bytes(bytes(raw))

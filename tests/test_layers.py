@@ -1,6 +1,6 @@
 """The package's layers: imports go downward only, so no cycle can form.
 
-    0  errors                                (nothing of vaelab)
+    0  errors, progress                      (nothing of vaelab)
     1  devices, distributions, nets, data    (the bottom: device choice, densities, networks, datasets)
     2  models                                (the model contract and the generative stories)
     3  objectives                            (terms -> bounds and losses)
@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "vaelab"
-LAYERS = {"errors": 0, "devices": 1, "distributions": 1, "nets": 1, "data": 1, "models": 2, "objectives": 3,
+LAYERS = {"errors": 0, "progress": 0, "devices": 1, "distributions": 1, "nets": 1, "data": 1, "models": 2, "objectives": 3,
           "evaluation": 4, "training": 5, "report": 6, "cli": 7, "__main__": 8}
 
 

@@ -72,3 +72,21 @@ def test_a_capped_literature_run_reports_its_budget_and_continues(tiny_data, tmp
     assert vae["epochs"] == 4 and vae["resumed_from_step"] == 2 * 25
     history = [json.loads(line) for line in (out / "runs" / "vamp_vae-seed0" / "history.jsonl").read_text().splitlines()]
     assert history[-1]["event"] == "resume" and history[-1]["changes"]["train.epochs"] == [2, 4]
+
+
+def test_the_report_alone_shows_runs_as_far_as_they_got(tiny_data, tmp_path, monkeypatch, capsys):
+    by_name = {e.name: e for e in literature.LITERATURE}
+    tiny = (_tiny(by_name["vamp_vae"]), _tiny(by_name["vamp_hvae"]))
+    monkeypatch.setitem(SUITES, "literature", tiny)
+    out = tmp_path / "out"
+    args = ["reproduce", "literature", "--out", str(out), "--data-dir", str(tiny_data), "--device", "cpu", "--no-progress"]
+    assert main([*args, "--report-only"]) == 1  # nothing to report yet: one line
+    assert "holds no run" in capsys.readouterr().err
+    assert main([*args, "--epochs", "1", "--only", "vamp_vae"]) == 0
+    run = out / "runs" / "vamp_vae-seed0"
+    (run / "summary.json").unlink()  # as a run still training looks: no summary yet
+    before = sorted(p.name for p in run.iterdir())
+    assert main([*args, "--report-only"]) == 0
+    assert sorted(p.name for p in run.iterdir()) == before  # nothing trained or evaluated
+    report = (out / "report.md").read_text()
+    assert "not yet: still training" in report and "vamp_hvae" not in report.split("## Sources")[1]

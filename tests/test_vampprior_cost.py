@@ -77,7 +77,7 @@ def test_an_evaluation_call_passes_the_pseudo_inputs_once_whatever_its_chunks(na
     assert passes.count == 2
     # Left frozen nowhere: the next call without gradient builds the mixture afresh.
     with torch.no_grad():
-        model(({"x": x}), 1)
+        model({"x": x}, 1)
     assert passes.count == 3
 
 

@@ -2,7 +2,9 @@
 
 Errors a user can cause (missing data, corrupt files, bad options, an occupied run directory) end
 with one line on stderr naming the file or option, and a non-zero exit code; so does an OSError no
-layer below turned into a VaelabError (a permission, a full disk), naming its file.
+layer below turned into a VaelabError (a permission, a full disk), naming its file. SIGINT and SIGTERM
+stop any command with one line and exit 130 / 143 (128 + the signal): training between two steps, with a
+checkpoint (training.stopping.StopRequest), everything else at once (docs/reliability.md).
 parser.py holds the options, commands.py what each command does.
 """
 
@@ -11,7 +13,8 @@ from __future__ import annotations
 import sys
 
 from ..errors import TrainingInterrupted, VaelabError
-from .commands import cmd_compare, cmd_data, cmd_eval, cmd_plot, cmd_reproduce, cmd_sample, cmd_train
+from ..training.stopping import Signalled, signals_raise
+from .commands import cmd_compare, cmd_data, cmd_eval, cmd_plot, cmd_reproduce, cmd_sample, cmd_train, use_plugins
 from .parser import PLOT_KINDS, TRAIN_FLAGS, build_parser
 from .paths import os_error_line
 
@@ -23,8 +26,10 @@ def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return COMMANDS[args.command](args)
-    except TrainingInterrupted as exc:
+        with signals_raise():  # else SIGTERM would end the process on the spot, leaving partial files and no line
+            use_plugins(args)  # --plugin, $VAELAB_PLUGINS
+            return COMMANDS[args.command](args)
+    except (TrainingInterrupted, Signalled) as exc:  # exit 128 + the signal
         print(f"vaelab {args.command}: interrupted by {exc}", file=sys.stderr)
         return exc.exit_code
     except VaelabError as exc:

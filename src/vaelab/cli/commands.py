@@ -6,6 +6,7 @@ import json
 import math
 import os
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -46,11 +47,15 @@ def cmd_train(args) -> int:
         return _report_training(summary, args.out)
     if args.model is None or args.out is None:
         raise VaelabError("give a model or preset and --out RUN_DIR (or --resume RUN_DIR)")
+    overrides = [parse_override(text) for text in args.set]
     cfg = load_preset(args.model)
     if args.from_run is not None:
         from ..training.runs import inherit_from_source
 
         inherit_from_source(cfg, args.from_run)
+    for key, value in overrides:  # first: the model decides which model settings the flags and --set may give
+        if key == "model.name":
+            _switch_model(cfg, value, f"--from {args.from_run}" if args.from_run is not None else f"the preset {args.model}")
     for flag, key in TRAIN_FLAGS.items():
         value = getattr(args, flag)
         if value is not None:
@@ -59,9 +64,35 @@ def cmd_train(args) -> int:
             set_key(cfg, key, value)
     if args.no_download:
         cfg.data.download = False
-    for text in args.set:
-        set_key(cfg, *parse_override(text))
+    for key, value in overrides:
+        if key != "model.name":
+            set_key(cfg, key, value)
     return _report_training(train(cfg, args.out, progress=not args.no_progress), args.out)
+
+
+def _switch_model(cfg, name: str, origin: str) -> None:
+    """--set model.name=NAME on the config `origin` gave: a model setting of that config NAME lacks is refused, naming
+    where it came from."""
+    from ..errors import ConfigError
+
+    try:
+        set_key(cfg, "model.name", name)
+    except ConfigError as exc:
+        if str(exc).startswith("model.name:"):
+            raise
+        raise ConfigError(f"{exc} ({origin} sets it): start from a preset or .toml file of model {name!r}") from None
+
+
+PLUGINS_ENV = "VAELAB_PLUGINS"
+
+
+def use_plugins(args) -> None:
+    """Import the plugins $VAELAB_PLUGINS and --plugin name, for the commands that have --plugin."""
+    from ..models.plugins import load_plugins, split_specs
+
+    if hasattr(args, "plugin"):
+        load_plugins(split_specs(os.environ.get(PLUGINS_ENV, "")), PLUGINS_ENV)
+        load_plugins(args.plugin, "--plugin")
 
 
 def _report_training(summary: dict, run_dir) -> int:
@@ -119,7 +150,9 @@ def cmd_eval(args) -> int:
     test = load_test()
     if args.images is not None and args.images > len(test):
         raise ArgumentError(f"--images: a subset of {args.images} asked, {cfg.data.dataset}'s test split has {len(test)} images")
-    say = None if args.json else (lambda label: print(f"  {label} ...", file=sys.stderr, flush=True))
+    def say(label: str) -> None:  # each phase as it starts, on stderr: with --json too, whose stdout stays one object
+        print(f"  {label} ...", file=sys.stderr, flush=True)
+
     result = evaluate(model, test, args.protocol, args.iw, args.seed, args.budget, progress=say, compile=args.compile,
                       precision=args.precision, images=args.images)
     result = {"run": str(args.run_dir), "model": cfg.model.name, "label": run_label(cfg), "dataset": cfg.data.dataset,
@@ -159,12 +192,15 @@ def cmd_eval(args) -> int:
 
 def _save_result(args, name: str, result: dict) -> int:
     """RUN_DIR/<name>, written after the results are printed: a run directory that cannot be written then costs
-    the file, not the evaluation (one error line after the results, exit 1)."""
+    the file, not the evaluation (one error line after the results, exit 1). A signal meanwhile waits for the write
+    (no temporary file left behind), then stops the command."""
     from ..training.files import atomic_write_text
+    from ..training.stopping import StopRequest
 
     if not args.no_save:
         sys.stdout.flush()
-        atomic_write_text(args.run_dir / name, json.dumps(result, indent=2) + "\n")
+        with StopRequest():
+            atomic_write_text(args.run_dir / name, json.dumps(result, indent=2) + "\n")
     return 0
 
 
@@ -172,10 +208,13 @@ def _eval_disentanglement(args, model, cfg, weights) -> int:
     from ..data import factor_data
     from ..evaluation.disentanglement import evaluate_disentanglement
     from ..report.compare import COMPUTED_ON
+    from ..training.stopping import phase
 
     factors = factor_data(cfg.data.dataset, args.data_dir or cfg.data.data_dir)
+    with phase(f"computing the disentanglement metrics ({args.metric_points} training points per metric)"):
+        scores = evaluate_disentanglement(model, factors, args.seed, args.metric_points)
     result = {"run": str(args.run_dir), "model": cfg.model.name, "label": run_label(cfg), "dataset": cfg.data.dataset,
-              COMPUTED_ON: weights, **evaluate_disentanglement(model, factors, args.seed, args.metric_points)}
+              COMPUTED_ON: weights, **scores}
     if args.json:
         print(json.dumps(result))
         return _save_result(args, "eval-disentanglement.json", result)
@@ -196,12 +235,23 @@ def cmd_sample(args) -> int:
     if not args.no_recon:
         targets.append(output_file(args.recon_out, args.run_dir / "reconstructions.png", "--recon-out"))
         distinct(**{"--out": targets[0], "--recon-out": targets[1]})
-    with written(*targets) as partial:
+    what = f"drawing {args.n} samples" + ("" if args.no_recon else f" and {args.recon_n} reconstructions")
+    with written(*targets) as partial, _drawing(model, what):
         write_sample_grids(model, cfg, None if args.no_recon else load_test(), partial[0], partial[-1], n=args.n, ncol=args.ncol,
                            seed=args.seed, mode=args.mode, recon_n=args.recon_n)
     for path in targets:
         print(f"wrote {path}")
     return 0
+
+
+def _drawing(model, what: str):
+    """A line as drawing from `model` starts and ends (on stderr) where it is autoregressive: a network pass per pixel,
+    minutes on a CPU; nothing where one pass draws an image."""
+    from ..training.board import sampling_passes
+    from ..training.stopping import phase
+
+    passes = sampling_passes(model)
+    return phase(f"{what} ({passes} network passes each)") if passes > 1 else nullcontext()
 
 
 def cmd_plot(args) -> int:
@@ -225,7 +275,8 @@ def _draw_plot(args, out: Path) -> None:
         return
     model, cfg, device, load_test = _load(args)
     x, y = evaluation.evaluation_set("full", load_test(), model.binary_pixels)
-    with torch.no_grad():
+    decodes = args.kind in ("interpolation", "traversal", "lossy")
+    with torch.no_grad(), _drawing(model, f"drawing the {args.kind} figure") if decodes else nullcontext():
         label = run_label(cfg)
         if args.kind == "interpolation":
             figures.interpolation_figure(model, x, out, f"{args.run_dir.name} ({label}): interpolations between posterior means", y=y)
@@ -280,15 +331,27 @@ def cmd_reproduce(args) -> int:
             raise VaelabError(f"--only: unknown experiment(s) {', '.join(unknown)} (choose from {', '.join(sorted(known))})")
     data_dir = str(Path(args.data_dir).expanduser().resolve()) if args.data_dir else None
     report = reproduce(args.suite, output_folder(args.out, "--out"), quick=args.quick, runs=args.runs, data_dir=data_dir, device=args.device,
-                       steps=args.steps, progress=not args.no_progress, only=only, threads=args.threads, epochs=args.epochs)
+                       steps=args.steps, progress=not args.no_progress, only=only, threads=args.threads, epochs=args.epochs,
+                       report_only=args.report_only)
     print(report.read_text())
     print(f"wrote {report} and {report.with_suffix('.html')}")
     return 0
 
 
 def cmd_compare(args) -> int:
+    from ..errors import warn
+    from ..models.plugins import PluginError
     from ..report.compare import compare_runs
+    from ..training import load_json
+    from ..training.runs import CONFIG_FILE
 
+    for run_dir in args.run_dirs:  # imports each run's plugin; one that cannot be imported costs its settings column
+        try:
+            load_json(run_dir / CONFIG_FILE)
+        except PluginError as exc:
+            warn(f"{exc}: its settings are shown as config.json records them")
+        except VaelabError:
+            pass  # compare_runs says what it cannot read
     table = compare_runs(args.run_dirs, output_folder(args.out, "--out"))
     print(table)
     print(f"wrote {args.out / 'compare.md'}, {args.out / 'compare.csv'}, {args.out / 'curves.png'}")

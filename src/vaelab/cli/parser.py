@@ -78,6 +78,61 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _plugin_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--plugin", action="append", default=[], metavar="MODULE|FILE.py",
+                   help="import a module or Python file that registers models of your own (vaelab.models.register_model) "
+                        "first (repeatable; also $VAELAB_PLUGINS, a list separated by os.pathsep). Not needed for a run "
+                        "directory, whose config.json records its model's plugin, nor for installed packages' vaelab.models "
+                        "entry points (docs/api.md)")
+
+
+# Two or three examples at the end of each command's --help (and of `vaelab --help`).
+EXAMPLES = {
+    None: [("vaelab train vae --out runs/vae", "train the reference VAE into runs/vae"),
+           ("vaelab eval runs/vae --protocol full", "its bounds on all test images"),
+           ("vaelab train --help", "a command's options, and its examples")],
+    "train": [("vaelab train vae --out runs/vae", "the reference VAE: 20,000 steps, z = 10, MLPs 300-300"),
+              ("vaelab train vae --prior vamp --z-dim 40 --out runs/vamp", "the VampPrior; any setting: --set KEY=VALUE"),
+              ("vaelab train --resume runs/vae", "continue a killed run from its newest checkpoint")],
+    "eval": [("vaelab eval runs/vae", "the cs236 protocol: 100 test images, -IWAE up to 1000"),
+             ("vaelab eval runs/vae --protocol full --json", "all test images, -IWAE up to 5000, one JSON object"),
+             ("vaelab eval runs/b16 --disentanglement", "beta-VAE, FactorVAE, MIG and DCI of a dSprites run")],
+    "sample": [("vaelab sample runs/vae", "RUN_DIR/samples.png and RUN_DIR/reconstructions.png"),
+               ("vaelab sample runs/vae --n 100 --mode sample --out samples.png", "100 Bernoulli draws, one grid"),
+               ("vaelab sample runs/cvae --no-recon", "a label-conditioned model: one column per label")],
+    "plot": [("vaelab plot runs/vae --kind latents", "posterior means coloured by label"),
+             ("vaelab plot runs/vae --kind traversal --out traversal.png", "one latent dimension varied per row"),
+             ("vaelab plot runs/vae --kind curves", "loss, KL and Rec against step")],
+    "compare": [("vaelab compare runs/vae runs/gmvae --out cmp", "cmp/compare.md, compare.csv and curves.png"),
+                ("vaelab compare runs/vae runs/iwae5 runs/iwae50 --out cmp-iwae", "any number of runs")],
+    "data": [("vaelab data", "every dataset, where its files are looked for, and whether they are there"),
+             ("vaelab data --data-dir ~/data", "the same for another data root")],
+    "reproduce": [("vaelab reproduce cs236 --out report", "the course's experiments and report.md / report.html"),
+                  ("vaelab reproduce cs236 --quick --out /tmp/smoke", "the same on short schedules, for a smoke test"),
+                  ("vaelab reproduce literature --epochs 100 --out lit", "the papers' protocols, capped at 100 epochs")],
+}
+
+
+class _HelpWithExamples(argparse.HelpFormatter):
+    """The default formatter, except that an epilog starting with "examples:" keeps its lines as written."""
+
+    def _fill_text(self, text, width, indent):
+        if text.startswith("examples:"):
+            return text
+        return super()._fill_text(text, width, indent)
+
+
+def _add_examples(parser: argparse.ArgumentParser) -> None:
+    commands = next(a for a in parser._actions if a.dest == "command").choices
+    for name, p in [(None, parser), *commands.items()]:
+        examples = EXAMPLES.get(name)
+        if not examples:
+            continue  # a command without examples yet (tests/test_docs.py asks for them)
+        width = max(len(command) for command, _ in examples)
+        p.epilog = "examples:\n" + "\n".join(f"  {command:<{width}}  # {what}" for command, what in examples)
+        p.formatter_class = _HelpWithExamples
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vaelab", description="Variational autoencoders: train, evaluate, sample.")
     parser.add_argument("--version", action="version", version=f"vaelab {__version__}")
@@ -151,6 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any setting, e.g. --set model.activation=relu (repeatable; unknown keys are errors)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _plugin_option(p)
 
     p = sub.add_parser("eval", help="evaluate a run's bounds on the test set",
                        description="Compute NELBO, KL, Rec and negative IWAE-m bounds (nats) for a trained run.")
@@ -185,6 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metric-points", type=int, default=10_000,
                    help="training points of each disentanglement metric (at least 10), half as many held out (default 10000, as disentanglement_lib)")
     p.add_argument("--no-save", action="store_true", help="do not write RUN_DIR/eval-<protocol>.json")
+    _plugin_option(p)
 
     p = sub.add_parser("sample", help="write a grid of prior samples and a reconstruction grid",
                        description="Draw images from the prior (and reconstruct test images) as PNG grids.")
@@ -203,6 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed for z draws (default 0)")
     p.add_argument("--data-dir", help="data root for the test images (default: the run's)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default auto)")
+    _plugin_option(p)
     p = sub.add_parser("plot", help="latent-space figures and training curves for a run",
                        description="Figures of a trained run, written as PNG (default RUN_DIR/<kind>.png).")
     p.add_argument("run_dir", type=Path, metavar="RUN_DIR")
@@ -216,12 +274,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", type=_positive_int, default=2000, help="test images for latents and kl (default 2000)")
     p.add_argument("--data-dir", help="data root for the test images (default: the run's)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default auto)")
+    _plugin_option(p)
 
     p = sub.add_parser("compare", help="one table and one plot for several runs",
                        description="Put runs side by side: settings, training time, final training metrics and every "
                                    "evaluation found in each run directory; training curves overlaid.")
     p.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR")
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="folder for compare.md, compare.csv and curves.png")
+    _plugin_option(p)
 
     p = sub.add_parser("data", help="list the datasets vaelab knows by name, and whether their files are present",
                        description="One entry per registered dataset: what it is, its image shape, classes and splits, where its "
@@ -243,12 +303,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="short schedules (a few minutes in all on 2 CPU cores), for smoke tests")
     p.add_argument("--runs", type=_positive_int, default=1, help="repeat each experiment with seeds 0..N-1 and report mean and std (default 1)")
     p.add_argument("--steps", type=_positive_int, help="train every experiment for this many steps (overrides the schedule)")
+    p.add_argument("--report-only", action="store_true",
+                   help="write OUT/report.md from the runs OUT/runs holds, as far as they got: train and evaluate nothing")
     p.add_argument("--only", help="comma-separated experiment names (cs236: vae, gmvae, ssvae_gen0, ssvae, cvae; literature: iwae_vae, "
                                   "iwae_k5, iwae_k50, vamp_vae, vamp_vampprior, vamp_hvae, vamp_hvae_vampprior, ladder)")
     p.add_argument("--data-dir", help="data root (default $VAELAB_DATA, else ~/.cache/vaelab)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default auto)")
     p.add_argument("--threads", type=int, default=0, help="CPU threads for torch in every training (default 0: chosen per training, as train --threads)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (one line per experiment still says where it is)")
+    _add_examples(parser)
     return parser
 
 

@@ -19,7 +19,7 @@ BUILTIN_DESCRIPTIONS = {
     "color-dsprites": "the dSprites shapes, each in a random colour on black, 64x64 RGB, five known factors (from dsprites' files)",
 }
 GENERATED = ("dsprites", "color-dsprites")
-"""Datasets rendered into DATA_ROOT/dsprites on first use rather than downloaded."""
+"""Datasets rendered into vaelab's cache folder on first use rather than downloaded."""
 
 
 @dataclass
@@ -50,9 +50,15 @@ def _files(dataset: Dataset, root: Path, data_dir) -> tuple[Path | None, list[Pa
                 found = [folder / c for c in spec.candidates(base) if (folder / c).is_file()]
                 files.append(found[0] if found else folder / base)
         return folder, files
-    if dataset.name in GENERATED:
-        return root / "dsprites", []
+    if dataset.name in GENERATED:  # rendered into the cache folder; an older vaelab's render in the data root still counts
+        from .dsprites import cache_folder
+
+        return (root / "dsprites" if _rendered(root / "dsprites") else cache_folder()), []
     return None, []
+
+
+def _rendered(folder: Path) -> bool:
+    return folder.is_dir() and any(folder.iterdir())
 
 
 def describe(dataset: Dataset, data_dir=None) -> Entry:
@@ -65,7 +71,7 @@ def describe(dataset: Dataset, data_dir=None) -> Entry:
     if files:
         present = all(f.exists() for f in files)  # a dataset may read a whole folder (celeba's JPEGs)
     elif folder is not None and dataset.name in GENERATED:
-        present = folder.is_dir() and any(folder.iterdir())
+        present = _rendered(folder)
     else:
         present = None
     return Entry(dataset.name, description, tuple(dataset.image_shape), tuple(dataset.classes), tuple(dataset.splits), folder,

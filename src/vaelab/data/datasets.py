@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from ..errors import DataError
-from . import dsprites
+from . import caches, dsprites
 from .checksums import file_digest
 from .formats import read_idx, read_svhn_mat
 from .registry import Dataset, lookup, register_dataset
@@ -119,8 +119,8 @@ def image_shape_of(dataset: str) -> tuple[int, ...]:
 
 
 def default_cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "vaelab"
+    """The data root when neither --data-dir nor $VAELAB_DATA names one: $XDG_CACHE_HOME/vaelab, else ~/.cache/vaelab."""
+    return caches.user_cache_dir()
 
 
 def resolve_data_root(data_dir: str | os.PathLike | None) -> tuple[Path, bool]:
@@ -163,6 +163,7 @@ def download(spec: DatasetSpec, folder: Path, files: list[str], mirrors=None, ti
                 got = file_digest(Path(tmp), algorithm)
                 if got != expected:
                     raise DataError(f"checksum mismatch for {url} ({algorithm} {got[:12]}..., expected {expected[:12]}...)")
+                os.chmod(tmp, caches.file_mode())  # open()'s mode, not mkstemp's 0600: a shared data folder stays readable
                 os.replace(tmp, folder / (base + spec.remote_suffix))
                 break
             except (OSError, ValueError, EOFError, zlib.error, DataError) as exc:
@@ -189,7 +190,9 @@ def locate(dataset: str, data_dir=None, download_missing: bool = True, mirrors=N
         try:
             download(spec, folder, missing, mirrors=mirrors)
         except DataError as exc:
-            raise DataError(f"{folder}: missing {expected}; download failed: {exc}") from None
+            _, named = resolve_data_root(data_dir)
+            hint = "" if named else "; if you have the files elsewhere, point --data-dir or $VAELAB_DATA at the folder holding " + spec.folder + "/"
+            raise DataError(f"{folder}: missing {expected}; download failed: {exc}{hint}") from None
     return folder
 
 

@@ -10,9 +10,11 @@ generative factors are known, every combination once:
 737,280 images, index = the factors' row-major index (shape slowest, position y fastest), so an image's factors
 follow from its index and need no storage. A shape at scale 1 spans 20 pixels (the square's side, the ellipse's
 long axis); a pixel is on when its centre lies inside the rotated shape. The images are rendered once (2.3
-minutes on 2 CPU cores), packed 8 pixels to a byte in DATA_ROOT/dsprites/ (377 MB) with their sha256 beside them, and checked
-against it whenever read. Splits: test = 10,000 images drawn with a fixed seed, train = the other 727,280.
-Labels are the shape (0, 1, 2); `factors` carries all five.
+minutes on 2 CPU cores, with a progress bar on a terminal and a line at start and end), packed 8 pixels to a byte in
+the cache folder (CACHE_DIR/dsprites/, data/caches.py: 377 MB) with their sha256 beside them, and checked against it
+whenever read; a cache left in DATA_ROOT/dsprites/ by earlier versions is read from there. SIGINT or SIGTERM stops
+the rendering at once, and no partial file is left. Splits: test = 10,000 images drawn with a fixed seed, train =
+the other 727,280. Labels are the shape (0, 1, 2); `factors` carries all five.
 
 The images stay packed wherever they are held (a split, the factor data of the metrics): unpacked they would be 3 GB
 as uint8 and 12 GB as floats; batches are unpacked as they are drawn.
@@ -27,14 +29,19 @@ would be 9 GB), coloured a batch at a time (`ImageSet.colours`).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
-import os
+import signal
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
 
-from ..errors import DataError
+from ..errors import DataError, TrainingInterrupted
+from ..progress import note, progress_bar
+from .caches import cache_dir, write_atomically
 from .checksums import file_digest
 
 FACTOR_NAMES = ("shape", "scale", "orientation", "position_x", "position_y")
@@ -97,11 +104,14 @@ def render(factors: np.ndarray) -> np.ndarray:
 
 
 def generate(chunk: int = 1024) -> np.ndarray:
-    """All 737,280 images, packed: (N, 512) uint8, 8 pixels a byte, in index order."""
+    """All 737,280 images, packed: (N, 512) uint8, 8 pixels a byte, in index order; a progress bar on a terminal."""
     packed = np.empty((IMAGES, SIZE * SIZE // 8), dtype=np.uint8)
-    for start in range(0, IMAGES, chunk):
-        index = np.arange(start, min(start + chunk, IMAGES))
-        packed[index] = np.packbits(render(factors_of(index)).reshape(len(index), -1) > 0, axis=1)
+    bar = progress_bar(total=IMAGES, desc="rendering dSprites", unit="image", unit_scale=True, leave=False, disable=None)
+    with bar:
+        for start in range(0, IMAGES, chunk):
+            index = np.arange(start, min(start + chunk, IMAGES))
+            packed[index] = np.packbits(render(factors_of(index)).reshape(len(index), -1) > 0, axis=1)
+            bar.update(len(index))
     return packed
 
 
@@ -110,26 +120,66 @@ READ_ROWS = 8192
 """Rows read from the cache at a time (4 MB)."""
 
 
-def cached(folder: Path, rows: np.ndarray | None = None) -> np.ndarray:
-    """The packed images (N, 512) from folder/CACHE_NAME, or only `rows` (sorted indices), generated and written there
-    (atomically, with its sha256) first if absent; a file that does not match its sha256 is refused naming it."""
-    path, checksum = folder / CACHE_NAME, folder / (CACHE_NAME + ".sha256")
-    if not path.is_file():
-        folder.mkdir(parents=True, exist_ok=True)
+def cache_folder() -> Path:
+    """Where the rendered images are cached: CACHE_DIR/dsprites."""
+    return cache_dir() / "dsprites"
+
+
+@contextlib.contextmanager
+def _stopped_by_signals(what: str):
+    """SIGINT and SIGTERM stop `what` at once with TrainingInterrupted (exit code 130 / 143), where training's own
+    handlers would only ask it to stop after its next step; the handlers before are restored after. Only in the main
+    thread (Python allows no other), and not for a signal that is ignored (a job started in the background)."""
+    def stop(signum, frame):
+        raise TrainingInterrupted(f"{signal.Signals(signum).name} while {what}: nothing was cached", signum)
+
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+        previous = {s: h for s, h in previous.items() if h not in (signal.SIG_IGN, None)}  # None: not set from Python
+    try:
+        for signum in previous:
+            signal.signal(signum, stop)
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _render_into(folder: Path) -> np.ndarray:
+    """generate(), written to folder/CACHE_NAME with its sha256 (the sha256 first: an image file without one is refused)."""
+    path, started = folder / CACHE_NAME, time.perf_counter()
+    note(f"rendering dSprites ({IMAGES:,} images, once: a few minutes) into {path}")
+    with _stopped_by_signals(f"rendering dSprites into {path}"):
         packed = generate()
-        partial = folder / f".{CACHE_NAME}.{os.getpid()}.part"
-        with open(partial, "wb") as f:
-            np.save(f, packed)
-        checksum.write_text(file_digest(partial) + "\n")
-        os.replace(partial, path)
-        if rows is None:
-            return packed
-        del packed  # read back below: holding the whole set beside a split would double the memory
-    return _read_checked(path, checksum, rows)
+
+        def save(tmp: Path) -> None:
+            with open(tmp, "wb") as f:
+                np.save(f, packed)
+            write_atomically(folder / (CACHE_NAME + ".sha256"), lambda sums: sums.write_text(file_digest(tmp) + "\n"))
+
+        write_atomically(path, save)
+    note(f"dSprites cached in {path} ({path.stat().st_size / 1e6:.0f} MB, {time.perf_counter() - started:.0f} s)")
+    return packed
 
 
-def _read_checked(path: Path, checksum: Path, rows: np.ndarray | None) -> np.ndarray:
-    """One pass over the file: its sha256 and the rows asked for, so a split never needs the whole set in memory."""
+def cached(folder: Path, rows: np.ndarray | None = None, earlier: Path | None = None) -> np.ndarray:
+    """The packed images (N, 512) from folder/CACHE_NAME, or only `rows` (sorted indices), rendered and written there
+    first if absent; read from `earlier`/CACHE_NAME instead where that holds them (a cache of an earlier version, never
+    written). A file that does not match its sha256 is refused naming it."""
+    for place in (folder, earlier):
+        if place is not None and (place / CACHE_NAME).is_file():
+            return _read_checked(place, rows)
+    packed = _render_into(folder)
+    if rows is None:
+        return packed
+    del packed  # read back below: holding the whole set beside a split would double the memory
+    return _read_checked(folder, rows)
+
+
+def _read_checked(folder: Path, rows: np.ndarray | None) -> np.ndarray:
+    """One pass over folder/CACHE_NAME: its sha256 and the rows asked for, so a split never needs the whole set in memory."""
+    path, checksum = folder / CACHE_NAME, folder / (CACHE_NAME + ".sha256")
     refused = DataError(f"{path}: does not match {checksum.name} (damaged?); delete both to generate them again")
     if not checksum.is_file():
         raise refused
@@ -183,10 +233,11 @@ def unpack(rows: np.ndarray) -> np.ndarray:
     return images
 
 
-def load_split(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """(packed images (n, 512) uint8, 8 pixels a byte as `unpack` reads them, factors (n, 5) int64) of a split."""
+def load_split(data_folder: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """(packed images (n, 512) uint8, 8 pixels a byte as `unpack` reads them, factors (n, 5) int64) of a split, from the
+    cache folder (or a cache earlier versions left in `data_folder`, DATA_ROOT/dsprites)."""
     index = split_indices(split)
-    return cached(folder, index), factors_of(index).astype(np.int64, copy=False)
+    return cached(cache_folder(), index, data_folder), factors_of(index).astype(np.int64, copy=False)
 
 
 class Factors:
@@ -196,8 +247,8 @@ class Factors:
     factor_sizes = FACTOR_SIZES
     factor_names = FACTOR_NAMES
 
-    def __init__(self, folder: Path):
-        self.packed = cached(folder)
+    def __init__(self, data_folder: Path):
+        self.packed = cached(cache_folder(), earlier=data_folder)
 
     def sample_factors(self, n: int, rng: np.random.Generator) -> np.ndarray:
         return np.stack([rng.integers(size, size=n) for size in FACTOR_SIZES], axis=1)

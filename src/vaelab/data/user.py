@@ -15,7 +15,6 @@ import hashlib
 import io
 import json
 import os
-import tempfile
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -24,6 +23,7 @@ import numpy as np
 import torch
 
 from ..errors import DataError, warn
+from . import caches
 from .registry import Dataset
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
@@ -163,10 +163,7 @@ def _write_cache(cache: Path, key: str, source: str, images, labels, classes) ->
         raw = buffer.getvalue()
         meta = {"source": str(source), "images": list(images.shape), "classes": list(classes), "sha256": hashlib.sha256(raw).hexdigest()}
         for suffix, content in ((".npz", raw), (".json", json.dumps(meta).encode())):  # the .json last: it marks the entry complete
-            fd, tmp = tempfile.mkstemp(dir=cache, prefix=f".{key}.", suffix=".part")
-            with os.fdopen(fd, "wb") as out:
-                out.write(content)
-            os.replace(tmp, cache / f"{key}{suffix}")
+            caches.write_atomically(cache / f"{key}{suffix}", lambda tmp, content=content: tmp.write_bytes(content))
         for other in cache.glob("*.json"):  # an older read of the same folder is stale now
             if other.stem != key and json.loads(other.read_text()).get("source") == str(source):
                 other.unlink(missing_ok=True)
@@ -180,11 +177,9 @@ def read_images_cached(folder: Path, files: list[str], labels, classes=(), image
     """(images, labels, classes) of these image files under `folder`: decoded in parallel and cached with their sha256,
     then read from the cache while the files are unchanged. `source` (default the folder) names the cache entry that a
     newer read of it replaces."""
-    from .datasets import default_cache_dir
-
     source = source or str(folder)
     key = _fingerprint(source, files, image_size, crop)
-    cache = Path(cache_dir or default_cache_dir()) / CACHE_FOLDER
+    cache = Path(cache_dir or caches.cache_dir()) / CACHE_FOLDER
     cached = _read_cache(cache, key)
     if cached is not None:
         return cached

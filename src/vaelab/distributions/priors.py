@@ -38,14 +38,15 @@ class StandardNormalPrior(nn.Module):
         return self.loc.shape[0]
 
 
-# exp() of a float32 below about -87 (a subnormal or zero result) takes a path some thirty times slower on
+# exp() of a float32 below about -87 (a subnormal or zero result) takes a path 10 to 35 times slower on
 # x86 CPUs, and a growing share of a mixture's (points, K) component densities lie that far below the largest
 # as the prior trains (a VampPrior on MNIST: 31 % after 320 steps, 41 % after 1,000). Such a term adds at most
 # K e^-80 to a sum of at least 1 after the shift: nothing, in float32 or float64.
 _NEGLIGIBLE_NATS = 80.0
 # Points x components per block of a mixture's density: 2 MB of float32 stay in cache from the matmul through
 # the logsumexp's passes, and each block is overwritten in place without gradient (fresh 10 MB temporaries
-# per chunk cost page faults): a third of the time of one (points, K) tensor at K = 500 on the CPU.
+# per chunk cost page faults): a third to a half of the time of one (points, K) tensor worked out of place,
+# at K = 500 on the CPU.
 _BLOCK_ELEMENTS = 1 << 19
 
 
@@ -125,7 +126,7 @@ class VampPrior(nn.Module):
     """p(z) = (1/K) sum_k q(z | u_k): the aggregate posterior of K learnable pseudo-inputs u_k
     (Tomczak & Welling 2018), the prior that ELBO surgery says maximises the ELBO, approximated.
 
-    As the paper: u = hardtanh_[0,1](W), W of shape (K, x_dim) initialised N(0.05, 0.01^2) (their linear
+    As the paper: u = `hardtanh_[0,1](W)`, W of shape (K, x_dim) initialised N(0.05, 0.01^2) (their linear
     layer applied to the K x K identity). q(z | u_k) is the model's own posterior, so the prior moves with
     the encoder; with a diagonal posterior the mixture's density is DiagonalGaussianMixture's matmul form.
 

@@ -131,7 +131,7 @@ def _iwae_metrics(model, x, y, iws, repeats_of, budget: int, standard_errors: bo
     for m in iws:
         repeats = repeats_of(m)
         if progress:
-            progress(f"IWAE-{m} ({repeats} repeats)")
+            progress(f"IWAE-{m} ({repeats} repeat{'' if repeats == 1 else 's'})")
         bound = iwae_per_image(model, x, m, repeats, budget, y)
         result[f"niwae_{m}"] = float(-bound.mean())
         if standard_errors:
@@ -220,7 +220,7 @@ def evaluate(model, test: data_mod.ImageSet, protocol: str = "cs236", iws=None, 
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), matmul_precision(device, precision):
         torch.manual_seed(seed)
         if progress:
-            progress(f"NELBO ({nelbo_repeats} repeats)")
+            progress(f"NELBO ({nelbo_repeats} repeat{'' if nelbo_repeats == 1 else 's'})")
         result.update(elbo_terms(bounded, x, nelbo_repeats, budget, y))
         if model.spec.classifier:
             if progress:

@@ -1,5 +1,6 @@
 """Model registry: adding a model is one file in this folder (a vaelab.models.base.Model subclass)
-plus one entry here, or a call to register_model from your own code."""
+plus one entry here, or a call to register_model from your own code: a plugin, which the `vaelab` command
+imports (--plugin, VAELAB_PLUGINS, the `vaelab.models` entry points; plugins.py)."""
 
 from __future__ import annotations
 
@@ -32,8 +33,14 @@ def register_model(name: str, cls: type[Model]) -> None:
 
 
 def model_class(name: str) -> type[Model]:
+    """The class of model `name`; a name not registered yet is looked for in the installed `vaelab.models` entry points."""
     if name not in MODELS:
-        raise ConfigError(f"model.name: unknown model {name!r} (choose from {', '.join(sorted(MODELS))})")
+        from .plugins import available_models
+
+        known = available_models()
+        if name not in MODELS:
+            raise ConfigError(f"model.name: unknown model {name!r} (choose from {', '.join(known)}; a model of your own: "
+                              f"import the module that registers it, or name it as a plugin, docs/api.md)")
     return MODELS[name]
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ..errors import RunDirError, VaelabError
 from ..training import checkpoints, files
-from ..training.config import RunConfig
+from ..training.config import RunConfig, run_label
 from ..training.legacy import migrate_legacy
 from ..training.files import read_jsonl
 from ..training.runs import BEST_FILE, CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, WEIGHTS_FILE, best_step
@@ -200,13 +200,13 @@ def describe(cfg: dict) -> str:
     """A short description of a run's settings: the model, then every model and objective setting that
     differs from that model's defaults, e.g. 'vae, prior mog, ELBO, z=10, mnist'."""
     m, o = cfg["model"], cfg["objective"]
-    label = cfg.get("train", {}).get("label") or m["name"]
-    parts = [label if label == m["name"] else f"{label} ({m['name']}"]
     try:
         resolved = RunConfig.from_dict(migrate_legacy(cfg), source="config.json")
         defaults = RunConfig.from_dict({"model": {"name": m["name"]}})
     except VaelabError:
         resolved = defaults = None
+    label = run_label(resolved) if resolved is not None else cfg.get("train", {}).get("label") or m["name"]
+    parts = [label if label == m["name"] else f"{label} ({m['name']}"]
     if resolved is not None:
         for key, value in vars(resolved.model).items():
             if key not in ("name", "x_dim", "image_shape", "z_dim") and value != getattr(defaults.model, key):

@@ -15,6 +15,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from ..data import image_grid  # noqa: E402
+from ..data.caches import write_atomically  # noqa: E402
 from ..errors import VaelabError  # noqa: E402
 from ..evaluation import DEFAULT_BUDGET, evaluation_set, model_batch  # noqa: E402
 
@@ -89,15 +90,18 @@ def check_labelled_grid(rows: int, cols: int, image_shape, option: str, cell_inc
 def save_grid(path: str | Path, images, ncol: int, image_shape=(28, 28)) -> Path:
     """Write images as a PNG grid (grey-scale for (H, W) images, RGB for (3, H, W))."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     grid = image_grid(images, ncol, image_shape, pad_value=0.5)
     del images  # the grid holds them now: a large grid is not held twice
     np.clip(grid, 0.0, 1.0, out=grid)
-    if grid.ndim == 2:
-        matplotlib.image.imsave(path, _grey_rgba(grid))
-    else:
-        matplotlib.image.imsave(path, grid)
+    pixels = _grey_rgba(grid) if grid.ndim == 2 else grid
+    # Written beside and renamed: a signal or a full disk never leaves half a PNG under the name.
+    write_atomically(path, lambda tmp: matplotlib.image.imsave(tmp, pixels, format=image_format(path)))
     return path
+
+
+def image_format(path: Path) -> str:
+    """The format matplotlib writes for `path`'s suffix (png without one)."""
+    return path.suffix.lstrip(".").lower() or "png"
 
 
 def _grey_rgba(grid: np.ndarray) -> np.ndarray:
@@ -205,8 +209,9 @@ def save_figure(fig, path) -> Path:
     import matplotlib.pyplot as plt
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(path, dpi=DPI, bbox_inches="tight")  # long row labels (traversal factors) must not push axis labels off
-    plt.close(fig)
+    try:  # bbox tight: long row labels (traversal factors) must not push axis labels off; atomically, as save_grid
+        write_atomically(path, lambda tmp: fig.savefig(tmp, dpi=DPI, bbox_inches="tight", format=image_format(path)))
+    finally:
+        plt.close(fig)
     return path

@@ -11,6 +11,7 @@ paper's number with its table and column, and the protocol details with their so
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -105,18 +106,29 @@ def _hours(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.0f} min"
 
 
-def validation_curves(histories: dict, path: Path) -> Path:
-    """The validation bound of each run against epochs (histories: run name -> metrics.jsonl records)."""
+def validation_curves(histories: dict, path: Path, steps_per_epoch: dict | None = None) -> Path:
+    """The validation bound of each run against epochs (histories: run name -> metrics.jsonl records); a run whose
+    protocol has no validation set (the IWAE paper's) shows its training NELBO instead, dashed, where
+    `steps_per_epoch` (run name -> steps) places its steps on the epoch axis."""
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.2))
+    tails = []
     for name, records in histories.items():
         points = [(r["epoch"], r["validation_nelbo"]) for r in records if "validation_nelbo" in r and "epoch" in r]
+        style = {"label": name}
+        if not points and (steps_per_epoch or {}).get(name):
+            by_epoch: dict = {}  # the mean of each epoch's logged means: batches of 20 are noisy
+            for r in records:
+                if "nelbo" in r and "loss" in r:
+                    by_epoch.setdefault(math.ceil(r["step"] / steps_per_epoch[name]), []).append(r["nelbo"])
+            points = [(epoch, sum(v) / len(v)) for epoch, v in sorted(by_epoch.items())]
+            style = {"label": f"{name} (training batches)", "ls": "--"}
         if points:
             epochs, values = zip(*points)
-            ax.plot(epochs, values, label=name, lw=1.2)
-    ax.set(xlabel="epoch", ylabel="validation NELBO (nats)", title="validation bound during training")
-    tails = [v for records in histories.values() for r in records[len(records) // 5:] for v in [r.get("validation_nelbo")] if v is not None]
+            ax.plot(epochs, values, lw=1.2, **style)
+            tails += values[len(values) // 5:]
+    ax.set(xlabel="epoch", ylabel="NELBO (nats)", title="validation bound during training (dashed: training NELBO)")
     if tails:
         ax.set_ylim(min(tails) - 1, max(tails) + 1)
     if histories:
@@ -132,7 +144,7 @@ def write_literature_report(suite: str, out: Path, experiments, results: dict, q
     bound = experiments[0].headline[0].replace("niwae_", "-IWAE-") if experiments else "-IWAE-5000"
     header = ["model", "paper (binarization, k)", f"vaelab {bound} (s.e.)", "gap", "NELBO", "epochs run (paper's max)",
               "ended by", "training time", "commit"]
-    rows, notes, histories = [], [], {}
+    rows, notes, histories, per_epoch_of = [], [], {}, {}
     for exp in experiments:
         for run_dir in results[exp.name]:
             result, summary, timing, problems = _run_files(run_dir, exp, out)
@@ -143,25 +155,29 @@ def write_literature_report(suite: str, out: Path, experiments, results: dict, q
             sem = None if result is None else result.get(f"{metric}_sem")
             epochs = summary.get("epochs")
             validation = summary.get("validation") or {}
-            per_epoch = summary["steps"] / epochs if epochs else None
+            if not summary:  # still training (or stopped before its end): as far as its validations say
+                seen = [r for r in histories[run_dir.name] if "epoch" in r]
+                epochs, seconds_so_far = (seen[-1]["epoch"], seen[-1].get("seconds")) if seen else (None, None)
+            per_epoch = summary["steps"] / epochs if epochs and summary else None
+            per_epoch_of[run_dir.name] = per_epoch
             capped = "budget cap" if epochs is not None and epochs < exp.epochs else "the paper's maximum"
             ended = {"early stopping": "early stopping" + (f" (best at epoch {validation.get('best_step', 0) / per_epoch:.0f})" if per_epoch else ""),
-                     "budget": capped}.get(summary.get("stopped"), "?")
-            seconds = summary.get("train_seconds")
+                     "budget": capped}.get(summary.get("stopped"), "not yet: still training" if not summary else "?")
+            seconds = summary.get("train_seconds") if summary else seconds_so_far
             rows.append([exp.title, f"{paper.value:.2f} ({paper.binarization}, {paper.samples})",
                          "" if ours is None else f"{ours:.2f} ({_cell(sem)})", "" if ours is None else f"{ours - paper.value:+.2f}",
                          _cell(None if result is None else result.get("nelbo")),
                          f"{_cell(epochs, 1)} ({exp.epochs})", ended, "" if seconds is None else _hours(seconds),
                          str(summary.get("commit") or "?")])
-            if epochs and seconds and summary.get("stopped") == "budget" and epochs < exp.epochs:
-                notes.append(f"{exp.name}: the budget ended it at epoch {epochs:.1f} of the paper's {exp.epochs}; the paper's "
+            if epochs and seconds and summary.get("stopped", "budget") == "budget" and epochs < exp.epochs:
+                notes.append(f"{exp.name}: {'the budget ended it' if summary else 'still training'} at epoch {epochs:.1f} of the paper's {exp.epochs}; the paper's "
                              f"budget would take {_hours(seconds / epochs * exp.epochs)} at this run's speed "
                              f"({seconds / epochs:.1f} s an epoch)" + ("" if ours is None else f"; gap {ours - paper.value:+.2f} nats"))
             notes += [f"{exp.name}: {problem}" for problem in problems]
             if result is not None and COMPUTED_ON in result:
                 notes.append(f"{exp.name}: evaluated on {result[COMPUTED_ON]['weights']} (step {result[COMPUTED_ON]['step']}), "
                              f"{result.get('images')} test images, {metric.replace('niwae_', 'k = ')}")
-    validation_curves(histories, figures / "validation.png")
+    validation_curves(histories, figures / "validation.png", per_epoch_of)
     sources = [f"- {exp.name}: {_paper(exp).source}" for exp in experiments]
     lines = ["# vaelab reproduce literature", "",
              f"Test negative log-likelihood on MNIST, nats (lower is better): {bound} on all 10,000 test images with its "

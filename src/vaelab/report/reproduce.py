@@ -228,10 +228,12 @@ def _evaluate_and_draw(exp: Experiment, run_dir: Path, device: str, data_dir) ->
 
 
 def reproduce(suite: str, out: str | Path, quick: bool = False, runs: int = 1, data_dir=None, device: str = "auto",
-              steps: int | None = None, progress: bool = True, only=None, threads: int = 0, epochs: int | None = None) -> Path:
+              steps: int | None = None, progress: bool = True, only=None, threads: int = 0, epochs: int | None = None,
+              report_only: bool = False) -> Path:
     """Run a suite's experiments for seeds 0..runs-1 and write OUT/report.md and OUT/report.html.
     `steps` overrides every experiment's step count (tests); `quick` uses each experiment's short schedule;
-    `epochs` caps the experiments given in epochs (a budget: their runs continue to a larger cap later)."""
+    `epochs` caps the experiments given in epochs (a budget: their runs continue to a larger cap later);
+    `report_only` writes the report from the runs OUT/runs holds, training and evaluating nothing."""
     if suite not in SUITES:
         raise ConfigError(f"unknown suite {suite!r} (choose from {', '.join(SUITES)})")
     if runs < 1:
@@ -252,6 +254,12 @@ def reproduce(suite: str, out: str | Path, quick: bool = False, runs: int = 1, d
                 if run_dir.exists() or run_dir.is_symlink():
                     check_owned(run_dir, owner_record(suite, exp, seed))
         results = {}
+        if report_only:
+            results = {exp.name: [d for d in (run_dir_of(out, exp, seed) for seed in range(runs)) if d.is_dir()] for exp in experiments}
+            experiments = [exp for exp in experiments if results[exp.name]]
+            if not experiments:
+                raise RunDirError(f"--report-only: {out / 'runs'} holds no run of the {suite} suite yet")
+            return REPORTS.get(suite, write_report)(suite, out, experiments, results, quick=quick, steps=steps)
         for exp in experiments:
             exp_steps = steps if steps is not None else (exp.quick_steps if quick else None)
             results[exp.name] = []
@@ -360,7 +368,7 @@ def write_report(suite: str, out: Path, experiments, results: dict, quick: bool 
                  f"wall time per run: training {_seconds(train_s)}; training + evaluation + figures {_seconds(total_s)}",
                  "trained with vaelab " + "; ".join(sorted({f"{s.get('vaelab', '?')} at commit {s.get('commit') or 'unknown'}, "
                                                           f"torch {s.get('torch', '?')}, {s.get('device', '?')} ({s.get('cpu', '?')}, "
-                                                          f"{s.get('threads', '?')} threads)" for s in summaries}))]
+                                                          f"{s.get('threads', '?')} thread{'' if s.get('threads') == 1 else 's'})" for s in summaries}))]
         notes += [problem for *_, problems in read for problem in problems]
         blocks.append((exp.title, header, rows, images, notes))
     title = f"vaelab reproduce {suite}" + (" --quick (short schedule: not comparable with the write-ups)" if quick else "")

@@ -9,6 +9,7 @@ validate() checks ranges and what the model supports.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import sys
@@ -21,7 +22,8 @@ import torch
 from ..data import REGISTRY, is_path
 from ..distributions import LIKELIHOODS
 from ..errors import ConfigError
-from ..models import ModelConfig, build_model, model_class
+from ..models import MODELS, ModelConfig, build_model, model_class
+from ..models.plugins import absolute, load_plugins, load_recorded_plugins, plugin_of
 from ..nets import ACTIVATIONS, NETS, check_shape
 from .files import atomic_write_text
 from .legacy import migrate_legacy
@@ -162,12 +164,20 @@ class TrainConfig:
     compile: bool = False
     """torch.compile the training objective: the model's forward, densities and loss, and their backward
     (the first steps are slower while it compiles; needs a C compiler on the CPU)."""
+    cuda_graphs: bool = False
+    """Capture the training step (forward, backward, the non-finite check and fused Adam) as one CUDA graph and
+    replay it at every step, after 3 eager warm-up steps (training/captured.py): far fewer kernel launches from
+    Python where they, not the arithmetic, bound a step (small batches on a GPU). CUDA only, one process, with
+    adam or adamw at a constant learning rate (no lr_schedule or lr_warmup_steps), without train.compile."""
     label: str = ""
     """The run's name in summaries, `vaelab eval` and `compare`: the preset it was made from (gmvae for a
-    VAE with a mixture prior), set when a preset is loaded; empty means the model's name."""
+    VAE with a mixture prior), set when a preset is loaded; empty, or a preset of another model, means the model's name."""
     precision: str = "fp32"
     """fp32, or bf16: autocast the networks to bfloat16 (mixed precision, meant for CUDA); densities,
     losses and Adam stay in float32."""
+    sample_grids: str = "auto"
+    """TensorBoard's grid of samples at each checkpoint and at the end: always, never, or auto: unless sampling the
+    model is autoregressive (a PixelCNN likelihood or code prior: a network pass per pixel, minutes on a CPU)."""
 
 
 def _default_model_config() -> ModelConfig:
@@ -181,13 +191,33 @@ class RunConfig:
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    plugins: tuple[str, ...] = ()
+    """Plugins (modules, or .py files by absolute path) that define model.name: training a new run records the one
+    that registered its model (models.plugins.plugin_of). Reading its config.json imports a recorded module (code
+    installed in this environment) when model.name is not registered; a recorded .py file is never run on a run
+    directory's word: it must be given again (--plugin FILE or VAELAB_PLUGINS), and the error says so. Empty
+    (vaelab's own models) it is left out of config.json."""
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        if not d["plugins"]:  # config.json of vaelab's own models stays as older versions wrote and read it
+            del d["plugins"]
+        return d
 
     @classmethod
-    def from_dict(cls, d: dict, source: str = "config") -> "RunConfig":
+    def from_dict(cls, d: dict, source: str = "config", named_by_user: bool = False) -> "RunConfig":
+        """The config of a dict (config.json, a preset). `named_by_user`: the dict is a preset the user gave, whose
+        plugins are run like --plugin's; a run directory's are imported only as load_recorded_plugins allows."""
         cfg = cls()
+        if isinstance(d, dict) and "plugins" in d:  # imported before model.name is read: they may register it
+            d = dict(d)
+            try:
+                set_key(cfg, "plugins", d.pop("plugins"))
+            except ConfigError as exc:
+                raise ConfigError(f"{source}: {exc}") from None
+            name = d.get("model", {}).get("name") if isinstance(d.get("model"), dict) else None
+            if isinstance(name, str) and name not in MODELS:
+                (load_plugins if named_by_user else load_recorded_plugins)(cfg.plugins, f"{source}: plugins (of model {name!r})")
         apply_dict(cfg, d, source)
         return cfg
 
@@ -209,14 +239,35 @@ def load_preset(name_or_path: str) -> RunConfig:
         raise ConfigError(f"{path}: preset file not found") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: not valid TOML ({exc})") from None
-    cfg = RunConfig.from_dict(data, source=str(path))
+    if isinstance(data.get("plugins"), list):  # a plugin file is named relative to the preset file
+        data["plugins"] = [absolute(spec, path.parent) if isinstance(spec, str) else spec for spec in data["plugins"]]
+    cfg = RunConfig.from_dict(data, source=str(path), named_by_user=True)
     cfg.train.label = cfg.train.label or path.stem
     return cfg
 
 
 def run_label(cfg: RunConfig) -> str:
-    """What to call a run: its label (the preset it came from), else its model's name."""
-    return cfg.train.label or cfg.model.name
+    """What to call a run: its label (the preset it came from), else its model's name. A label naming one of
+    vaelab's presets of another model is not the run's (`vaelab train vae --set model.name=toy` trains a toy,
+    though the label records the preset vae): the model's name is."""
+    label = cfg.train.label
+    return label if label and _preset_model(label) in (None, cfg.model.name) else cfg.model.name
+
+
+@functools.lru_cache(maxsize=None)
+def _preset_model(name: str) -> str | None:
+    """The model of vaelab's preset `name`; None when there is no such preset."""
+    path = PRESET_DIR / f"{name}.toml"
+    if not path.is_file():
+        return None
+    return tomllib.loads(path.read_text()).get("model", {}).get("name", ModelConfig.name)
+
+
+def record_plugin(cfg: RunConfig) -> None:
+    """A new run's config names the plugin that registered its model (none for vaelab's own), so that reading its
+    config.json in another process imports it again; plugins named already are kept."""
+    if not cfg.plugins and plugin_of(cfg.model.name) is not None:
+        cfg.plugins = (plugin_of(cfg.model.name),)
 
 
 def validate(cfg: RunConfig) -> None:
@@ -291,7 +342,9 @@ def validate(cfg: RunConfig) -> None:
         (cfg.train.max_loss_per_element >= 0, "train.max_loss_per_element", "must be >= 0"),
         (cfg.train.threads >= 0, "train.threads", "must be >= 0"),
         (cfg.train.precision in ("fp32", "bf16"), "train.precision", "must be fp32 or bf16"),
+        (cfg.train.sample_grids in ("auto", "always", "never"), "train.sample_grids", "must be auto, always or never"),
         *protocol_checks(cfg),
+        *cuda_graph_checks(cfg.train),
     ]
     for ok, key, why in checks:
         if not ok:
@@ -344,6 +397,22 @@ def protocol_checks(cfg: RunConfig) -> list[tuple[bool, str, str]]:
         (t.patience_from >= 0, "train.patience_from", "must be >= 0"),
         (t.patience_from == 0 or t.patience > 0, "train.patience_from", "applies with early stopping (train.patience > 0)"),
         (t.patience == 0 or validating, "train.patience", "early stopping watches the validation bound: set data.validation and train.eval_every"),
+    ]
+
+
+def cuda_graph_checks(t: TrainConfig) -> list[tuple[bool, str, str]]:
+    """What a captured step (train.cuda_graphs, training/captured.py) cannot hold, each refused by the setting that
+    conflicts with it; the device is checked when the run starts (captured.check_device)."""
+    if not t.cuda_graphs:
+        return []
+    return [
+        (not t.compile, "train.compile", "cannot be combined with train.cuda_graphs (torch.compile captures its own graphs); choose one"),
+        (t.optimizer in ("adam", "adamw"), "train.optimizer",
+         "train.cuda_graphs needs adam or adamw: their fused kernel skips a non-finite step on the device, inside the graph"),
+        (t.lr_schedule == "constant", "train.lr_schedule",
+         "train.cuda_graphs captures the learning rate as a constant of the Adam kernel; use constant, or drop train.cuda_graphs"),
+        (t.lr_warmup_steps == 0, "train.lr_warmup_steps",
+         "train.cuda_graphs captures the learning rate as a constant of the Adam kernel; use 0, or drop train.cuda_graphs"),
     ]
 
 

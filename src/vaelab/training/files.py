@@ -210,8 +210,10 @@ def atomic_write_bytes(path: Path, write, checksum: bool = False) -> None:
         raise _write_error(path, exc) from None
     os.close(fd)
     try:
-        os.chmod(tmp, _FILE_MODE)  # mkstemp makes 0600; the file gets the mode open() would have given it
         write(tmp)
+        # mkstemp makes 0600, and so does safetensors' save_file, whatever the file had: after writing, the file
+        # gets the mode open() would have given it
+        os.chmod(tmp, _FILE_MODE)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)

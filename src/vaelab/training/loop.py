@@ -15,18 +15,18 @@ import time
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from .. import data as data_mod
 from .. import objectives
 from ..devices import check_compile_toolchain, resolve_device
 from ..errors import RunDirError, TrainingDiverged, TrainingInterrupted, warn
 from ..models import build_model, model_class
-from . import checkpoints, distributed, files, runs
+from ..progress import progress_bar
+from . import captured, checkpoints, distributed, files, runs
 from . import resume as resume_mod
 from .batches import Batches
 from .board import TensorBoard
-from .config import RunConfig, check_labels, resolve_data_source, run_label, save_json, validate
+from .config import RunConfig, check_labels, record_plugin, resolve_data_source, run_label, save_json, validate
 from .guard import NonFiniteGuard
 from .memory import check_step_memory
 from .optimizers import make_optimizer
@@ -45,19 +45,20 @@ def gradients_finite(parameters: list[torch.Tensor]) -> torch.Tensor:
 
 
 def prepare_run_dir(run_dir: Path) -> None:
-    """RUN_DIR made, or found empty; anything else is one line naming --out, before anything is created."""
+    """RUN_DIR made, or found empty; anything else is one line naming the run directory (train's run_dir, the
+    command's --out), before anything is created."""
     if run_dir.exists() and not run_dir.is_dir():
-        raise RunDirError(f"--out: {run_dir} is a file; choose a new run directory")
+        raise RunDirError(f"run directory {run_dir} is a file; choose a new one (--out)")
     above = next((p for p in run_dir.parents if p.exists()), None)
     if above is not None and not above.is_dir():
-        raise RunDirError(f"--out: {above} is a file, so {run_dir} cannot be made; choose a new run directory")
+        raise RunDirError(f"run directory {run_dir} cannot be made: {above} is a file; choose a new one (--out)")
     try:
         # A folder holding only owner.json (what made it, written before training starts) counts as empty.
         if run_dir.exists() and any(p.name != runs.OWNER_FILE for p in run_dir.iterdir()):
-            raise RunDirError(f"--out: {run_dir} already exists and is not empty; choose a new run directory")
+            raise RunDirError(f"run directory {run_dir} already exists and is not empty; choose a new one (--out)")
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:  # a folder above it that cannot be written, a full disk
-        raise RunDirError(f"--out: cannot make {run_dir}: {exc.strerror or exc}") from None
+        raise RunDirError(f"run directory {run_dir} cannot be made: {exc.strerror or exc} (--out)") from None
 
 
 def training_loss(model: torch.nn.Module, batch: dict, cfg: RunConfig, beta: float) -> objectives.LossOutput:
@@ -75,6 +76,8 @@ def train(cfg: RunConfig, run_dir: str | Path, progress: bool = True, resume: bo
     every batch and only rank 0 writes (see vaelab.distributed)."""
     run_dir = Path(run_dir)
     resolve_data_source(cfg)
+    if not resume:  # a resumed run keeps the config its checkpoints were written under
+        record_plugin(cfg)
     # Settings are checked against the dataset's image shape, not MNIST's: a registered dataset declares it, the
     # user's images are read for it (once: the decoded array is cached), still before the run directory is made.
     if cfg.data.dataset in data_mod.REGISTRY or cfg.data.path:
@@ -83,7 +86,7 @@ def train(cfg: RunConfig, run_dir: str | Path, progress: bool = True, resume: bo
     validate(cfg)
     ctx = distributed.setup(resolve_device(cfg.train.device))
     locks: list[runs.RunLock] = []
-    stop = StopRequest()
+    stop = StopRequest(at_once=True)  # until the first step: setting up stops at once on a signal
     threads = torch.get_num_threads()
     try:
         return _train(cfg, run_dir, progress, resume, ctx, locks, stop)
@@ -101,6 +104,8 @@ def _train(cfg: RunConfig, run_dir: Path, progress: bool, resume: bool, ctx: dis
     device, main = ctx.device, ctx.is_main
     origin = runs.provenance()  # before any step: the commit of the code this process runs
     distributed.check_divisible(ctx, cfg.train.batch_size)
+    if cfg.train.cuda_graphs:
+        captured.check_device(device, ctx.world_size)
     peer_error = f"--resume: stopped with rank 0, which could not resume {run_dir} (its error says why)"
     # On resume, before the data is read: the lock, then settings fixed for the run that config.json changes
     # refused. None for a new run, else the settings the resume changes (resume.RESUMABLE only).
@@ -132,7 +137,9 @@ def _train(cfg: RunConfig, run_dir: Path, progress: bool, resume: bool, ctx: dis
     optimizer = make_optimizer(model, cfg.train, device)
     protocol = Protocol(model, optimizer, cfg, len(train_set), held_out)
     # Mixed precision: the networks run in bfloat16, densities in float32 (distributions.full_precision).
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.train.precision == "bf16")
+    # A captured step casts the weights inside the graph: autocast's cache of casts must stay off (CUDA graphs' rule).
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.train.precision == "bf16",
+                              cache_enabled=not cfg.train.cuda_graphs)
     objective = distributed.wrap(model, lambda m, batch, beta: training_loss(m, batch, cfg, beta), ctx,
                                  find_unused=not model.trains_every_parameter)
     names, sums, since_log, done, elapsed_before, skipped = None, None, 0, 0, 0.0, 0
@@ -178,7 +185,7 @@ def _train(cfg: RunConfig, run_dir: Path, progress: bool, resume: bool, ctx: dis
             except RunDirError as exc:
                 error = exc
         if not ctx.all_true(error is None):  # every process stops, not only rank 0
-            raise error or RunDirError(f"--out: rank 0 could not use {run_dir}")
+            raise error or RunDirError(f"run directory {run_dir}: rank 0 could not use it (--out)")
     if main:
         resume_mod.record(run_dir, done, cfg, changes)
         save_json(cfg, run_dir / runs.CONFIG_FILE)
@@ -204,7 +211,7 @@ def _train(cfg: RunConfig, run_dir: Path, progress: bool, resume: bool, ctx: dis
     start = last_checkpoint = time.perf_counter()
     # A logged mean loss beyond this is divergence, not learning: a fair coin costs 0.69 nats a binary pixel.
     loss_limit = cfg.train.max_loss_per_element * cfg.model.x_dim if cfg.train.max_loss_per_element else math.inf
-    bar = tqdm(total=cfg.train.steps, initial=done, disable=not (progress and main), dynamic_ncols=True, mininterval=0.5,
+    bar = progress_bar(total=cfg.train.steps, initial=done, disable=not (progress and main), dynamic_ncols=True, mininterval=0.5,
                desc=f"train {run_label(cfg)}")
     # The last logged means, for the summary of a run with nothing left to do (validation lines have no loss).
     record: dict = next((r for r in reversed(logged) if "loss" in r), {})
@@ -213,6 +220,25 @@ def _train(cfg: RunConfig, run_dir: Path, progress: bool, resume: bool, ctx: dis
     model.train()
     shown: dict = {}  # the progress bar's postfix: the last logged means and validation bounds
     last = done  # the step training ends at: the last of train.steps, or the validation that stopped it early
+
+    def take_step(batch: dict, beta) -> tuple[objectives.LossOutput, torch.Tensor | None]:
+        """Forward, backward and the guarded optimiser step; the step's outputs and its weight for the logged sums."""
+        with autocast:
+            out = objective(batch, beta)
+        optimizer.zero_grad(set_to_none=True)
+        out.loss.backward()
+        if cfg.train.grad_normalize:  # AdamNormGrad: each gradient at unit norm (a NaN stays NaN for the check below)
+            grads = [p.grad for p in parameters if p.grad is not None]
+            torch._foreach_div_(grads, torch._foreach_add(torch._foreach_norm(grads), 1e-7))
+        if cfg.train.grad_clip:  # the clipping norm also tells whether any gradient is inf / nan
+            grads_finite = torch.isfinite(torch.nn.utils.clip_grad_norm_(parameters, cfg.train.grad_clip))
+        else:
+            grads_finite = gradients_finite(parameters)
+        # No host read here: the guard skips a non-finite step on the device (training/guard.py).
+        return out, guard.step(ctx.all_ok(torch.isfinite(out.loss.detach()) & grads_finite))
+
+    # train.cuda_graphs: the same step, captured once as a CUDA graph and replayed (training/captured.py).
+    run_step = captured.CapturedStep(take_step, device) if cfg.train.cuda_graphs else take_step
     for step in range(done + 1, (done if stopped_early else cfg.train.steps) + 1):
         signum = stop.requested(ctx, step - 1, cfg.train.log_every)
         if signum:
@@ -229,19 +255,7 @@ def _train(cfg: RunConfig, run_dir: Path, progress: bool, resume: bool, ctx: dis
             distributed.compile_objective(objective)
         beta = objectives.annealed_beta(step - 1, cfg.objective.beta, cfg.objective.kl_warmup_steps)
         batch = {key: ctx.shard(value) for key, value in batches.next().items()}
-        with autocast:
-            out = objective(batch, beta)
-        optimizer.zero_grad(set_to_none=True)
-        out.loss.backward()
-        if cfg.train.grad_normalize:  # AdamNormGrad: each gradient at unit norm (a NaN stays NaN for the check below)
-            grads = [p.grad for p in parameters if p.grad is not None]
-            torch._foreach_div_(grads, torch._foreach_add(torch._foreach_norm(grads), 1e-7))
-        if cfg.train.grad_clip:  # the clipping norm also tells whether any gradient is inf / nan
-            grads_finite = torch.isfinite(torch.nn.utils.clip_grad_norm_(parameters, cfg.train.grad_clip))
-        else:
-            grads_finite = gradients_finite(parameters)
-        # No host read here: the guard skips a non-finite step on the device (training/guard.py).
-        weight = guard.step(ctx.all_ok(torch.isfinite(out.loss.detach()) & grads_finite))
+        out, weight = run_step(batch, beta)
         protocol.after_step()
         last = step
         bar.update(1)
@@ -295,18 +309,17 @@ def _train(cfg: RunConfig, run_dir: Path, progress: bool, resume: bool, ctx: dis
             checkpoint(step)
             last_checkpoint = time.perf_counter()
             if main:
-                board.samples(step)
+                board.samples(step, stop)  # a signal cuts it short, and the next step's check stops the run
         elif cfg.train.checkpoint_seconds and step < cfg.train.steps and time.perf_counter() - last_checkpoint >= cfg.train.checkpoint_seconds:
             checkpoint(step)  # by the clock as well, so a kill loses at most checkpoint_seconds of work
             last_checkpoint = time.perf_counter()
     bar.close()
+    # The end, in the order a signal (which only sets stop.signum here) leaves it: the final checkpoint (resumable),
+    # the weights and summary (complete), then the optional sample grid, cut short by a signal.
+    stop.defer()  # a resumed run with no step left to take never checked it
     checkpoint(last)
     _, skipped, _ = guard.read()
     train_seconds = elapsed_before + time.perf_counter() - start
-    if main:
-        board.samples(last)
-        board.close()
-        runs.save_weights(run_dir, protocol.kept_model)
     summary = {
         "model": cfg.model.name,
         "label": run_label(cfg),
@@ -324,10 +337,16 @@ def _train(cfg: RunConfig, run_dir: Path, progress: bool, resume: bool, ctx: dis
         **training_end(protocol, cfg, last),
     }
     if main:
+        runs.save_weights(run_dir, protocol.kept_model)
         files.atomic_write_text(run_dir / runs.SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
+        board.samples(last, stop)
+        board.close()
     # The other processes wait while rank 0 writes, so none exits with a peer still connected (see
     # distributed.teardown). Only a finished run gets here: after an error a peer may never arrive.
     ctx.wait_for_all()
+    if stop.signum:  # received after the last step's check: the command still ends with the signal's code
+        raise TrainingInterrupted(f"{signal.Signals(stop.signum).name} after the last step ({last} of {cfg.train.steps}): the run is "
+                                  f"complete, {runs.WEIGHTS_FILE} and {runs.SUMMARY_FILE} written", stop.signum)
     return summary
 
 

@@ -24,11 +24,13 @@ _OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "adamax": t
 def make_optimizer(model: torch.nn.Module, train: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
     """train.optimizer with train.lr, train.weight_decay and train.eps. Adam and AdamW use the fused kernel where torch has one
     (CPU, CUDA): one pass over each parameter instead of a dozen foreach ops; on the reference VAE it is most of the
-    difference between vaelab and a plain loop (docs/performance.md). Adamax has no fused kernel."""
+    difference between vaelab and a plain loop (docs/performance.md). Adamax has no fused kernel. With
+    train.cuda_graphs the fused step is capturable, so that it can run inside a CUDA graph (training/captured.py)."""
     cls = _OPTIMIZERS[train.optimizer]
     options = {"lr": train.lr, "weight_decay": train.weight_decay, "eps": train.eps}
     if train.optimizer in ("adam", "adamw"):
         options["fused"] = device.type in ("cpu", "cuda")
+        options["capturable"] = train.cuda_graphs and device.type == "cuda"
     return cls(model.parameters(), **options)
 
 

@@ -5,6 +5,7 @@ model and values that do not convert are errors naming the key; ranges are check
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import typing
 from typing import TYPE_CHECKING
 
@@ -81,11 +82,13 @@ def set_key(cfg: RunConfig, key: str, value) -> None:
     obj = cfg
     for i, part in enumerate(parts):
         if not dataclasses.is_dataclass(obj) or part not in {f.name for f in dataclasses.fields(obj)}:
-            if i == 1 and parts[0] == "model" and len(parts) == 2 and any(part in _field_names(m.Config) for m in MODELS.values()):
-                raise ConfigError(f"{key}: not a setting of model {cfg.model.name!r} (its settings: "
-                                  f"{', '.join(sorted(_field_names(type(cfg.model)) - {'name', 'x_dim', 'image_shape'}))})")
-            known = ", ".join(sorted(_all_keys(cfg)))
-            raise ConfigError(f"unknown setting {key!r} (known: {known})")
+            owners = sorted(name for name, m in MODELS.items() if part in _field_names(m.Config)) if parts[:1] == ["model"] else []
+            if i == 1 and len(parts) == 2 and owners:  # the one case where the order of model.name and a setting matters
+                raise ConfigError(f"{key}: not a setting of model {cfg.model.name!r} but of {', '.join(owners)} "
+                                  f"(set model.name to one of them before model settings); "
+                                  f"{cfg.model.name}'s settings: "
+                                  f"{', '.join(sorted(_field_names(type(cfg.model)) - {'name', 'x_dim', 'image_shape'}))}")
+            raise ConfigError(f"unknown setting {key!r}{_suggest(key, _all_keys(cfg))}")
         if i == len(parts) - 1:
             if dataclasses.is_dataclass(getattr(obj, part)):
                 raise ConfigError(f"{key!r} is a section; set one of its keys, e.g. {key}.{dataclasses.fields(getattr(obj, part))[0].name}")
@@ -105,6 +108,20 @@ def _all_keys(obj, prefix: str = "") -> list[str]:
     return keys
 
 
+def _suggest(key: str, keys: list[str]) -> str:
+    """'; did you mean ...?' with the keys nearest to `key`, else where the keys are listed."""
+    name = key.rsplit(".", 1)[-1]
+    same_name = [k for k in keys if k.rsplit(".", 1)[-1] == name]  # the right name in another section: train.beta
+    close = [*same_name, *(k for k in difflib.get_close_matches(key, keys, n=3) if k not in same_name)][:3]
+    if not close:  # the name alone, misspelt under a misspelt section
+        leaves = {k.rsplit(".", 1)[-1]: k for k in keys}
+        close = [leaves[leaf] for leaf in difflib.get_close_matches(name, list(leaves), n=3, cutoff=0.75)]
+    if close:
+        return f"; did you mean {' or '.join(close)}?"
+    sections = sorted({k.split(".")[0] for k in keys if "." in k})
+    return f" (a key is SECTION.NAME, SECTION one of {', '.join(sections)}: the fields documented in vaelab.training.config)"
+
+
 def _field_names(cls) -> set[str]:
     return {f.name for f in dataclasses.fields(cls)}
 
@@ -121,7 +138,8 @@ def _switch_model(cfg: RunConfig, name: str) -> None:
     defaults = type(old)()
     for f in dataclasses.fields(old):
         if f.name not in shared and getattr(old, f.name) != getattr(defaults, f.name):
-            raise ConfigError(f"model.{f.name}: not a setting of model {name!r} (set model.name before model settings)")
+            raise ConfigError(f"model.{f.name}: not a setting of model {name!r}, and it is {getattr(old, f.name)!r} here, "
+                              f"not its default {getattr(defaults, f.name)!r}")
     cfg.model = new_cls(**{field: getattr(old, field) for field in shared if field != "name"}, name=name)
 
 

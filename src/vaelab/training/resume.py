@@ -32,7 +32,7 @@ HISTORY_FILE = "history.jsonl"
 # on it; train.patience may change (a run that stopped early continues with a larger one).
 RESUMABLE = frozenset({
     "train.steps", "train.epochs", "train.patience", "train.log_every", "train.checkpoint_every", "train.checkpoint_seconds", "train.keep_checkpoints",
-    "train.threads", "train.device", "train.max_nonfinite_steps", "train.max_loss_per_element", "train.label",
+    "train.threads", "train.device", "train.sample_grids", "train.cuda_graphs", "train.max_nonfinite_steps", "train.max_loss_per_element", "train.label",
     "data.data_dir", "data.download",
 })
 
