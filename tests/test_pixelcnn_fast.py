@@ -158,3 +158,17 @@ def test_bf16_autocast_trains_and_evaluates_near_the_float32_density():
     assert torch.isfinite(c.grad).all() and all(torch.isfinite(p.grad).all() for p in new.parameters() if p.grad is not None)
     for got in (lp.detach(), inference):
         torch.testing.assert_close(got, expected, rtol=0, atol=0.05 * expected.abs().max().item())
+
+
+def test_the_plain_operations_torch_compile_traces_give_the_same_density(monkeypatch):
+    """Under torch.compile the network runs plain operations (which the compiler fuses) instead of its own autograd
+    functions and in-place blocks; run eagerly here, they give the reference's density and gradients too."""
+    new, old = _pair(3, 8)
+    x, c = _inputs(2, 7)
+    c_new, c_old = c.clone().requires_grad_(), c.clone().requires_grad_()
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    lp = PixelCNNDistribution(new, c_new, (7, 7)).log_prob(x)
+    torch.testing.assert_close(lp, reference.PixelCNNDistribution(old, c_old, (7, 7)).log_prob(x), rtol=1e-10, atol=1e-9)
+    lp.sum().backward()
+    reference.PixelCNNDistribution(old, c_old, (7, 7)).log_prob(x).sum().backward()
+    torch.testing.assert_close(c_new.grad, c_old.grad, rtol=1e-9, atol=1e-9)

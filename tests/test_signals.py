@@ -18,8 +18,10 @@ from vaelab.cli import main
 
 STOPS_WITHIN = 10  # seconds from the signal to the exit
 TINY = ["--batch-size", "10", "--z-dim", "2", "--hidden", "16", "--log-every", "1", "--device", "cpu", "--threads", "1", "--no-progress"]
-# A PixelVAE small enough to train in a second; drawing its 60-sample grid takes 784 passes of the PixelCNN.
-PIXEL_TRAIN = ["--channels", "8,8", *TINY]
+# A PixelVAE small enough to train in a second; drawing its 60-sample grid takes 784 passes of the PixelCNN. Eight
+# layers keep a grid at a few seconds even on an idle machine (the sampler keeps its states: three take 0.3-0.6 s),
+# so the signal lands while it draws.
+PIXEL_TRAIN = ["--channels", "8,8", "--pixel-layers", "8", *TINY]
 
 
 class Command:

@@ -61,7 +61,8 @@ def autoregress(network: PixelCNN, n: int, image_shape: tuple[int, int], c: torc
         r, j = divmod(i, cols)
         pixel = None if c is None else c[:, r, j]
         if j == 0 and r > 0 and "u" in kernels[-1]:  # the last layer's vertical stack, folded: rows r - 1 - k .. r - 1
-            row_part[-1] = conv(vertical[-1][:, r : r + k + 1], kernels[-1]["u"], kernels[-1]["bu"])[:, 0] + kernels[-1]["bh"]
+            folded = conv(vertical[-1][:, r : r + k + 1], kernels[-1]["u"], kernels[-1]["bu"])
+            row_part[-1] = folded[:, 0] + kernels[-1]["bh"]
         pre = torch.addmm(kernels[0]["bh"], image[:, r : r + k + 2, j : j + 2 * k + 2].reshape(n, -1), windows[0])
         h = network.out(0, pre, None, pixel, kernels[0].get("wch"))
         for layer in range(1, layers):
@@ -80,7 +81,8 @@ def autoregress(network: PixelCNN, n: int, image_shape: tuple[int, int], c: torc
                 vertical[layer][:, top, k : k + cols] = gate(v, row, kernels[layer - 1].get("wcv"))[:, 0]
                 if not last:
                     v = conv(vertical[layer][:, r : r + k + 1], kernels[layer]["v"], kernels[layer]["bv"])
-                    row_part[layer] = torch.addmm(kernels[layer]["bh"], v.reshape(n * cols, -1), kernels[layer]["vh"].t()).view(n, cols, -1)
+                    shifted = torch.addmm(kernels[layer]["bh"], v.reshape(n * cols, -1), kernels[layer]["vh"].t())
+                    row_part[layer] = shifted.view(n, cols, -1)  # what row r + 1 of the horizontal stack adds
     return records
 
 

@@ -94,6 +94,10 @@ def _blocks(*tensors: torch.Tensor):
 def gate(pre: torch.Tensor, c: torch.Tensor | None = None, w: torch.Tensor | None = None) -> torch.Tensor:
     """The gate of pre + w c = [-2a, b] (c: the conditioning map (..., channels) or None); in place (pre is
     overwritten, the result a view of it) where no gradient is recorded."""
+    if torch.compiler.is_compiling():  # plain operations, which the compiler fuses
+        s = torch.sigmoid(pre if c is None else _conditioned(pre, c, w))
+        sa, sb = s.chunk(2, -1)
+        return sb - 2 * sa * sb
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (pre, c, w)):
         with torch.autocast(pre.device.type, enabled=False):
             return _Gate.apply(pre, c, w)
@@ -145,6 +149,13 @@ def padded(parts: list, top: int, left: int, right: int, bottom: int = 0) -> tor
     """The channels-last maps `parts` (..., H, W, C_i) (a float: a channel of that constant) side by side as channels,
     with zero rows above (`top`) and below (`bottom`; negative: rows of the maps left out at the bottom) and zero
     columns left and right; leading shapes broadcast. One copy."""
+    if torch.compiler.is_compiling():  # plain operations, which the compiler fuses
+        like = next(p for p in parts if isinstance(p, torch.Tensor))
+        lead = torch.broadcast_shapes(*(p.shape[:-3] for p in parts if isinstance(p, torch.Tensor)))
+        full = [p.expand(*lead, *p.shape[-3:]) if isinstance(p, torch.Tensor) else like.new_full((*lead, *like.shape[-3:-1], 1), p)
+                for p in parts]
+        joined = torch.cat(full, -1)[..., : like.shape[-3] + min(bottom, 0), :, :]
+        return F.pad(joined, (0, 0, left, right, top, max(bottom, 0)))
     tensors, layout = [], []
     for part in parts:
         if isinstance(part, torch.Tensor):
@@ -202,6 +213,10 @@ def _rows(h: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor,
 def rows_below(h: torch.Tensor, v: torch.Tensor, weight: torch.Tensor | None = None,
                first_row: torch.Tensor | None = None) -> torch.Tensor:
     """_RowsBelow; in place on h where no gradient is recorded."""
+    if torch.compiler.is_compiling():  # plain operations, which the compiler fuses
+        below = v[..., 1:, :, :] if weight is None else v[..., :-1, :, :] @ weight.t()
+        first = h[..., :1, :, :] if first_row is None else h[..., :1, :, :] + first_row
+        return torch.cat([first, h[..., 1:, :, :] + below], -3)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (h, v, weight, first_row)):
         with torch.autocast(h.device.type, enabled=False):
             return _RowsBelow.apply(h, v, weight, first_row)
