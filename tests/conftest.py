@@ -147,3 +147,15 @@ def killed_copy(uninterrupted: Path, folder: Path) -> Path:
     for name in ("model.safetensors", "summary.json"):
         (run / name).unlink()
     return run
+
+
+def rewrite_checkpoint(path, tensors=None, metadata=None) -> None:
+    """Rewrite a safetensors file in place with its tensors and metadata passed through the given edits (tests of
+    what a damaged checkpoint is; the manifest is not updated)."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    old = load_file(str(path))
+    with safe_open(str(path), "pt") as f:
+        meta = dict(f.metadata())
+    save_file(tensors(old) if tensors else old, str(path), metadata=metadata(meta) if metadata else meta)

@@ -13,7 +13,6 @@ import threading
 
 import pytest
 import torch
-from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from vaelab.cli import main
@@ -23,7 +22,7 @@ from vaelab.training import checkpoints, files, runs
 from vaelab.training.config import load_json
 from vaelab.training.config import TrainConfig
 from vaelab.training.optimizers import make_optimizer
-from conftest import killed_copy
+from conftest import killed_copy, rewrite_checkpoint
 
 STEP_120 = "checkpoints/step-0000120.safetensors"
 STEP_100 = "checkpoints/step-0000100.safetensors"
@@ -165,11 +164,6 @@ TRUST_DAMAGE = {
 }
 
 
-def _rewrite(path, tensors=None, metadata=None):
-    old = load_file(str(path))
-    with safe_open(str(path), "pt") as f:
-        meta = dict(f.metadata())
-    save_file(tensors(old) if tensors else old, str(path), metadata=metadata(meta) if metadata else meta)
 
 
 def _restore(run):
@@ -183,7 +177,7 @@ def _restore(run):
 def test_a_checkpoint_whose_contents_cannot_be_trusted_is_damaged(uninterrupted, tmp_path, capsys, damage):
     run = killed_copy(uninterrupted, tmp_path)
     (run / "manifest.json").unlink()  # only the contents can tell
-    _rewrite(run / STEP_120, **TRUST_DAMAGE[damage])
+    rewrite_checkpoint(run / STEP_120, **TRUST_DAMAGE[damage])
     state = _restore(run)
     assert state.step == 100  # the next older one
     warning = _error_line(capsys)
@@ -194,7 +188,7 @@ def test_a_checkpoint_whose_contents_cannot_be_trusted_is_damaged(uninterrupted,
 def test_a_checkpoint_with_a_bad_learning_rate_resumes_from_the_older_one_to_identical_weights(uninterrupted, tmp_path, capsys):
     run = killed_copy(uninterrupted, tmp_path)
     (run / "manifest.json").unlink()
-    _rewrite(run / STEP_120, **TRUST_DAMAGE["lr 0.5"])
+    rewrite_checkpoint(run / STEP_120, **TRUST_DAMAGE["lr 0.5"])
     assert main(["train", "--resume", str(run), "--no-progress"]) == 0
     assert "the optimiser's lr is 0.5 where config.json gives 0.001" in capsys.readouterr().err
     assert _same_weights(uninterrupted, run)
@@ -204,7 +198,7 @@ def test_a_checkpoint_from_another_device_keeps_this_process_kernel_settings(uni
     """How Adam's kernel runs (fused, foreach) is not a hyper-parameter: a checkpoint saying otherwise resumes."""
     run = killed_copy(uninterrupted, tmp_path)
     (run / "manifest.json").unlink()
-    _rewrite(run / STEP_120, **_groups(lambda g: g.update(fused=None, foreach=True)))
+    rewrite_checkpoint(run / STEP_120, **_groups(lambda g: g.update(fused=None, foreach=True)))
     cfg = load_json(run / "config.json")
     model = build_model(cfg.model)
     optimizer = make_optimizer(model, cfg.train, torch.device("cpu"))

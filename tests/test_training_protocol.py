@@ -23,7 +23,7 @@ from vaelab.cli import main
 from vaelab.data.formats import read_idx, write_idx
 from vaelab.training.files import read_manifest
 
-from conftest import TINY_TRAIN, write_tiny_mnist
+from conftest import TINY_TRAIN, rewrite_checkpoint, write_tiny_mnist
 
 # 600 tiny training images, the last 100 held out: 500 trained on, 25 steps of 20 an epoch.
 HELD_OUT, BATCH = 100, 20
@@ -419,13 +419,6 @@ def test_gradient_normalisation_gives_each_gradient_unit_norm(tiny_data, tmp_pat
         assert max(abs(n - 1) for n in flat) > 0.1
 
 
-def _rewrite(path, tensors=None, metadata=None):
-    from safetensors.torch import save_file
-
-    old = load_file(str(path))
-    with safe_open(str(path), "pt") as f:
-        meta = dict(f.metadata())
-    save_file(tensors(old) if tensors else old, str(path), metadata=metadata(meta) if metadata else meta)
 
 
 def _schedule_state(edit):
@@ -468,7 +461,7 @@ def test_a_checkpoint_whose_protocol_state_cannot_be_trusted_is_damaged(tiny_dat
     for path in (run / "checkpoints").iterdir():
         if int(path.stem.split("-")[1]) > 50:
             path.unlink()
-    _rewrite(run / "checkpoints" / "step-0000050.safetensors", **PROTOCOL_DAMAGE[damage])
+    rewrite_checkpoint(run / "checkpoints" / "step-0000050.safetensors", **PROTOCOL_DAMAGE[damage])
     capsys.readouterr()
     assert main(["train", "--resume", str(run), "--no-progress"]) == 0
     err = capsys.readouterr().err

@@ -180,16 +180,18 @@ def run_experiment(exp: Experiment, seed: int, out: Path, data_dir, device: str,
     """Train, evaluate and draw one (experiment, seed): reuse the run if it is finished, resume it if not."""
     run_dir = run_dir_of(out, exp, seed)
     owner = owner_record(suite, exp, seed)
-    if run_dir.exists() or run_dir.is_symlink():
-        check_owned(run_dir, owner)
-        if (run_dir / CONFIG_FILE).is_file() and _finished(run_dir, exp, _config(exp, seed, run_dir, data_dir, device, steps, threads, epochs)):
+    exists = run_dir.exists() or run_dir.is_symlink()
+    if exists:
+        check_owned(run_dir, owner)  # before anything in it is read
+    cfg = _config(exp, seed, run_dir, data_dir, device, steps, threads, epochs)
+    if exists:
+        if _finished(run_dir, exp, cfg):
             return run_dir
         if (run_dir / TIMING_FILE).is_file() and current_weights(run_dir) is None:
             return run_dir  # finished and kept without its weights (results committed alone): reported as recorded
     else:
         _make_folder(run_dir)
         atomic_write_text(run_dir / OWNER_FILE, json.dumps(owner, indent=2) + "\n")  # before training: the folder is ours
-    cfg = _config(exp, seed, run_dir, data_dir, device, steps, threads, epochs)
     if not _trained(run_dir, cfg):
         # A folder holding only owner.json is new; anything more is a start that stopped (even before its
         # first checkpoint, which train's resume handles by starting from step 0).
