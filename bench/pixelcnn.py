@@ -13,6 +13,9 @@ names are unchanged).
   evaluation   vaelab.evaluation.iwae_per_image (IWAE-`--iw`: the one-pass density of every draw, in chunks, under
                inference mode) of both on `--images` test images, alternating, `--eval-repeats` times; importance
                samples/s = images * iw / median seconds. The bounds must agree.
+  --bf16       adds a third contender to training and evaluation: "after" under bfloat16 autocast (`--precision bf16`:
+               the networks in bf16, densities and log-weights in float32), from the same weights; its bound's
+               difference from the float32 one is printed.
   sampling     model.sample(`--samples`), the grid `vaelab sample` draws, from seed 0: after, before, after; seconds.
                The reference recomputes the whole image for each of the 784 pixels (minutes): `--reference-pixels N`
                times its first N pixels and scales to 784 (a pass costs the same at every pixel). With all 784 the
@@ -65,6 +68,11 @@ def models(cfg) -> dict:
     return {"before": before, "after": after}
 
 
+def autocast(name: str):
+    """bf16 autocast for the bf16 contender, nothing for the others."""
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=name.endswith("bf16"))
+
+
 def training(cfg, contenders: dict, train: torch.Tensor, steps: int) -> dict:
     batch = cfg.train.batch_size
     steppers = {}
@@ -72,8 +80,9 @@ def training(cfg, contenders: dict, train: torch.Tensor, steps: int) -> dict:
         model.train()
         optimizer = make_optimizer(model, cfg.train, torch.device("cpu"))
 
-        def step(x, model=model, optimizer=optimizer):
-            out = training_loss(model, {"x": x}, cfg, 1.0)
+        def step(x, model=model, optimizer=optimizer, name=name):
+            with autocast(name):
+                out = training_loss(model, {"x": x}, cfg, 1.0)
             optimizer.zero_grad(set_to_none=True)
             out.loss.backward()
             optimizer.step()
@@ -92,12 +101,15 @@ def training(cfg, contenders: dict, train: torch.Tensor, steps: int) -> dict:
     return {"images_per_second": {name: round(batch / m, 1) for name, m in medians.items()},
             "median_ms_per_step": {name: round(m * 1e3, 1) for name, m in medians.items()},
             "ms_per_step_all": {name: [round(t * 1e3, 1) for t in ts] for name, ts in seconds.items()},
-            "after_over_before": round(medians["before"] / medians["after"], 2), "steps": steps, "batch": batch,
+            **{f"{name}_over_before": round(medians["before"] / medians[name], 2) for name in medians if name != "before"},
+            "steps": steps, "batch": batch,
             "load_before_after": [start_load, load()]}
 
 
 def evaluation(contenders: dict, x: torch.Tensor, iw: int, repeats: int) -> dict:
-    contenders["before"].load_state_dict(contenders["after"].state_dict())  # the same weights (training moved both)
+    for name in contenders:  # the same weights (training moved each)
+        if name != "after":
+            contenders[name].load_state_dict(contenders["after"].state_dict())
     seconds, bounds = {name: [] for name in contenders}, {}
     start_load = load()
     for i in range(repeats):
@@ -105,16 +117,17 @@ def evaluation(contenders: dict, x: torch.Tensor, iw: int, repeats: int) -> dict
             contenders[name].eval()
             torch.manual_seed(0)
             start = time.perf_counter()
-            bounds[name] = iwae_per_image(contenders[name], x, iw)
+            with autocast(name):
+                bounds[name] = iwae_per_image(contenders[name], x, iw)
             seconds[name].append(time.perf_counter() - start)
     medians = {name: statistics.median(t) for name, t in seconds.items()}
     points = x.shape[0] * iw
     return {"importance_samples_per_second": {name: round(points / m, 1) for name, m in medians.items()},
             "median_seconds": {name: round(m, 3) for name, m in medians.items()},
             "seconds_all": {name: [round(t, 3) for t in ts] for name, ts in seconds.items()},
-            "after_over_before": round(medians["before"] / medians["after"], 2), "images": x.shape[0], "iw": iw,
-            "iwae_nats": {name: round(float(b.mean()), 4) for name, b in bounds.items()},
-            "largest_bound_difference": float((bounds["after"] - bounds["before"]).abs().max()),
+            **{f"{name}_over_before": round(medians["before"] / medians[name], 2) for name in medians if name != "before"},
+            "images": x.shape[0], "iw": iw, "iwae_nats": {name: round(float(b.mean()), 4) for name, b in bounds.items()},
+            **{f"largest_bound_difference_{name}": float((bounds[name] - bounds["after"]).abs().max()) for name in bounds if name != "after"},
             "load_before_after": [start_load, load()]}
 
 
@@ -129,6 +142,7 @@ def reference_pixels(model, n: int, pixels: int) -> torch.Tensor:
 
 
 def sampling(contenders: dict, n: int, pixels: int) -> dict:
+    contenders = {name: contenders[name] for name in ("before", "after")}
     for model in contenders.values():
         model.eval()
     total = contenders["after"].config.x_dim
@@ -161,6 +175,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=100, help="images in the sampled grid (default 100)")
     parser.add_argument("--reference-pixels", type=int, default=784, help="pixels of the reference's sampling timed (default all)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument("--bf16", action="store_true", help="also time the current network under bf16 autocast")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -178,9 +193,12 @@ def main() -> None:
         x = (torch.rand(args.images, 784, generator=torch.Generator().manual_seed(0)) < 0.13).float()
         source = "random pixels"
     contenders = models(cfg)
+    if args.bf16:
+        contenders["after_bf16"] = copy.deepcopy(contenders["after"])
     results = {"machine": provenance(), "date": datetime.date.today().isoformat(), "data": source,
                "settings": {"preset": "pixelvae", "pixel_layers": cfg.model.pixel_layers,
-                            "pixel_channels": cfg.model.pixel_channels, "threads": torch.get_num_threads()},
+                            "pixel_channels": cfg.model.pixel_channels, "threads": torch.get_num_threads(),
+                            "bf16": args.bf16},
                "training": training(cfg, contenders, pixels, args.steps),
                "evaluation": evaluation(contenders, x, args.iw, args.eval_repeats),
                "sampling": sampling(contenders, args.samples, min(args.reference_pixels, cfg.model.x_dim))}
