@@ -40,6 +40,7 @@ from pathlib import Path
 import torch
 
 from vaelab import data as data_mod
+from vaelab.devices import matmul_precision
 from vaelab.evaluation import iwae_per_image
 from vaelab.models import build_model
 from vaelab.training.config import load_preset
@@ -69,8 +70,8 @@ def models(cfg) -> dict:
 
 
 def autocast(name: str):
-    """bf16 autocast for the bf16 contender, nothing for the others."""
-    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=name.endswith("bf16"))
+    """The precision vaelab's --precision runs: bf16 for the bf16 contender, fp32 for the others."""
+    return matmul_precision(torch.device("cpu"), "bf16" if name.endswith("bf16") else "fp32")
 
 
 def training(cfg, contenders: dict, train: torch.Tensor, steps: int) -> dict:
