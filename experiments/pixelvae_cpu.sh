@@ -6,6 +6,7 @@
 #
 # The NLL table, STEPS steps of batch 100 each (default 3000), Adam 1e-3, seed 0:
 #   conv_vae        vae --net conv (z = 10): the convolutional VAE without a PixelCNN
+#   pixelvae_bernoulli  the pixelvae preset with a Bernoulli decoder: the same networks and z = 32, no PixelCNN
 #   pixelvae        the pixelvae preset: conv encoder and decoder (z = 32) + 3 gated PixelCNN layers (kernel 3)
 #   vlae            the vlae preset: AF prior (2 MADE steps) + 2 PixelCNN layers
 # evaluated with one protocol for every row: NELBO, KL, I(x; z) and active units on all 10,000 test images
@@ -23,6 +24,11 @@
 # session could not finish resumes in the next: rerun the same command). Each finished step (training, each
 # evaluation, each figure) is skipped when its file exists. Results (config, metrics, summary, eval JSON,
 # figures; not weights) are copied to OUT/NAME (default experiments/pixelvae/cpu).
+#
+# The collapse runs continue to a longer budget from copies of their run folders: copy RUNS/{narrow,wide}_* to
+# NEW_RUNS/ without their summary.json and eval-* files, then `RUNS=NEW_RUNS SHORT=N OUT=NEW_OUT bash
+# experiments/pixelvae_cpu.sh DATA LANE NAMES...`: each resumes from its last checkpoint and trains to N steps (the
+# annealed runs keep the warm-up they started with).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 data_dir=${1:?usage: bash experiments/pixelvae_cpu.sh DATA_DIR LANE NAMES... | DATA_DIR report}
@@ -42,10 +48,11 @@ if [ "$lane" = report ]; then
   exit 0
 fi
 
-[ $# -gt 0 ] || { echo "pixelvae_cpu.sh: name the runs (conv_vae pixelvae vlae narrow_elbo narrow_anneal narrow_freebits wide_elbo wide_anneal wide_freebits)" >&2; exit 2; }
+[ $# -gt 0 ] || { echo "pixelvae_cpu.sh: name the runs (conv_vae pixelvae_bernoulli pixelvae vlae narrow_elbo narrow_anneal narrow_freebits wide_elbo wide_anneal wide_freebits)" >&2; exit 2; }
 for name in "$@"; do
   case $name in
     conv_vae)        model=(vae --net conv) n=$steps ;;
+    pixelvae_bernoulli) model=(pixelvae --likelihood bernoulli) n=$steps ;;
     pixelvae)        model=(pixelvae) n=$steps ;;
     vlae)            model=(vlae) n=$steps ;;
     narrow_elbo)     model=(pixelvae --pixel-layers 3) n=$short ;;
@@ -60,14 +67,14 @@ for name in "$@"; do
   echo "== $name: ${model[*]}, $n steps ($(date -u +%H:%M))"
   if [ ! -f "$run/summary.json" ]; then
     if [ -d "$run/checkpoints" ]; then
-      vaelab train --resume "$run" --threads 1 --no-progress
+      vaelab train --resume "$run" --steps "$n" --threads 1 --no-progress
     else
       vaelab train "${model[@]}" --steps "$n" --batch-size 100 --seed 0 --device cpu --threads 1 --data-dir "$data_dir" \
         --out "$run" --no-progress
     fi
   fi
   case $name in
-    conv_vae|pixelvae|vlae)
+    conv_vae|pixelvae_bernoulli|pixelvae|vlae)
       [ -f "$run/eval-full.json" ] || vaelab eval "$run" --protocol full --iw 1 --device cpu > "$run/eval-full.txt"
       [ -f "$run/eval-full-$subset.json" ] || vaelab eval "$run" --images "$subset" --iw 100,1000 --device cpu > "$run/eval-full-$subset.txt"
       [ -f "$run/samples.png" ] || vaelab sample "$run" --n 100 --ncol 10 --device cpu

@@ -10,7 +10,9 @@ import json
 import sys
 from pathlib import Path
 
-NLL_ROWS = {"conv_vae": ("conv VAE (z = 10)", None), "pixelvae": ("PixelVAE (3 PixelCNN layers)", "about 79.02 (static, k = 1000; Gulrajani et al. 2017)"),
+NLL_ROWS = {"conv_vae": ("conv VAE (z = 10)", None),
+            "pixelvae_bernoulli": ("PixelVAE's networks, Bernoulli decoder (z = 32, no PixelCNN)", None),
+            "pixelvae": ("PixelVAE (3 PixelCNN layers)", "about 79.02 (static, k = 1000; Gulrajani et al. 2017)"),
             "vlae": ("VLAE (AF prior, 2 PixelCNN layers)", "78.53 (dynamic, k = 4096; Chen et al. 2017)")}
 COLLAPSE_ROWS = {f"{width}_{how}": f"{layers} layers, {label}" for width, layers in (("narrow", 3), ("wide", 12))
                  for how, label in (("elbo", "plain ELBO"), ("anneal", "KL annealing"), ("freebits", "free bits 0.25 nats / dim"))}
@@ -25,8 +27,9 @@ def _row(cells) -> str:
 
 
 def nll_table(root: Path, subset: int) -> list[str]:
-    header = ["model", f"-IWAE-1000, {subset} images (s.e.)", f"-IWAE-100, {subset} images", "k 100 -> 1000",
-              "NELBO, 10,000 images", "KL", "I(x; z)", "active units", "steps", "training time", "published"]
+    header = ["model", f"-IWAE-1000, {subset} images (s.e.)", f"-IWAE-100, {subset} images", "k 100 -> 1000", f"NELBO, {subset} images",
+              "NELBO, 10,000 images", "KL", "I(x; z)", "active units", "steps", "training time",
+              f"evaluation time ({subset} images)", "published"]
     lines = [_row(header), "|" + "---|" * len(header)]
     for name, (label, paper) in NLL_ROWS.items():
         whole, part, summary = (_read(root / name / f) for f in ("eval-full.json", f"eval-full-{subset}.json", "summary.json"))
@@ -35,9 +38,9 @@ def nll_table(root: Path, subset: int) -> list[str]:
             continue
         lines.append(_row([
             label, f"**{part['niwae_1000']:.2f}** ({part['niwae_1000_sem']:.2f})", f"{part['niwae_100']:.2f}",
-            f"{part['niwae_1000'] - part['niwae_100']:+.2f}", f"{whole['nelbo']:.2f}", f"{whole['kl']:.2f}",
+            f"{part['niwae_1000'] - part['niwae_100']:+.2f}", f"{part['nelbo']:.2f}", f"{whole['nelbo']:.2f}", f"{whole['kl']:.2f}",
             f"{whole['mutual_information']:.2f}", f"{whole['active_units']} / {whole['z_dim']}", summary["steps"],
-            f"{summary['train_seconds'] / 60:.0f} min", paper or ""]))
+            f"{summary['train_seconds'] / 60:.0f} min", f"{part['seconds'] / 60:.0f} min", paper or ""]))
     return lines
 
 
@@ -57,7 +60,9 @@ def collapse_table(root: Path, subset: int) -> list[str]:
 def main() -> None:
     root = Path(sys.argv[1] if len(sys.argv) > 1 else Path(__file__).resolve().parent / "cpu")
     subset = int(sys.argv[2]) if len(sys.argv) > 2 else 1000
-    print("\n".join(nll_table(root, subset) + [""] + collapse_table(root, subset)))
+    tables = [table for table in (nll_table(root, subset), collapse_table(root, subset))
+              if any("not run" not in row for row in table[2:])]  # the tables of the runs this folder holds
+    print("\n\n".join("\n".join(table) for table in tables))
 
 
 if __name__ == "__main__":
