@@ -63,6 +63,19 @@ def test_resume_can_extend_a_finished_run(uninterrupted, tmp_path, capsys):
     assert [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()][-5:] == [119, 120, 126, 133, 140]
 
 
+def test_a_conv_run_with_channels_last_weights_resumes_to_identical_weights(tiny_data, tmp_path):
+    """Checkpoints store contiguous tensors; the conv nets' weights are channels-last, and the fused Adam kernel
+    reads moments in their parameter's memory order, so each moment must be given back its parameter's layout."""
+    conv = ["vae", "--net", "conv", "--channels", "4,8", "--hidden", "16", "--z-dim", "3", "--batch-size", "20",
+            "--seed", "0", "--device", "cpu", "--data-dir", str(tiny_data), "--no-progress"]
+    assert main(["train", *conv, "--steps", "6", "--out", str(tmp_path / "whole")]) == 0
+    assert main(["train", *conv, "--steps", "3", "--out", str(tmp_path / "split")]) == 0
+    assert main(["train", "--resume", str(tmp_path / "split"), "--steps", "6", "--no-progress"]) == 0
+    a, b = _weights(tmp_path / "whole"), _weights(tmp_path / "split")
+    assert any(w.dim() == 4 and min(w.shape[:2]) > 1 for w in a.values())  # a weight whose two layouts differ
+    assert a.keys() == b.keys() and [k for k in a if not torch.equal(a[k], b[k])] == []
+
+
 @pytest.mark.parametrize("args, needle", [
     (["vae"], "drop vae"),
     (["--beta", "2"], "--beta"),

@@ -57,12 +57,17 @@ def collapse_table(root: Path, subset: int) -> list[str]:
     return lines
 
 
+def tables(root: Path, subset: int) -> str:
+    """The tables of the runs `root` holds (a folder of collapse runs alone gives the collapse table alone)."""
+    found = [table for table in (nll_table(root, subset), collapse_table(root, subset))
+             if any("not run" not in row for row in table[2:])]
+    return "\n\n".join("\n".join(table) for table in found)
+
+
 def main() -> None:
     root = Path(sys.argv[1] if len(sys.argv) > 1 else Path(__file__).resolve().parent / "cpu")
     subset = int(sys.argv[2]) if len(sys.argv) > 2 else 1000
-    tables = [table for table in (nll_table(root, subset), collapse_table(root, subset))
-              if any("not run" not in row for row in table[2:])]  # the tables of the runs this folder holds
-    print("\n\n".join("\n".join(table) for table in tables))
+    print(tables(root, subset))
 
 
 if __name__ == "__main__":

@@ -55,6 +55,18 @@ def load_optimizer_tensors(optimizer: torch.optim.Optimizer, tensors: dict, meta
             _, index, name = key.split(".", 2)
             state.setdefault(int(index), {})[name] = value
     optimizer.load_state_dict({"state": state, "param_groups": json.loads(metadata["param_groups"])})
+    match_parameter_layouts(optimizer)
+
+
+def match_parameter_layouts(optimizer: torch.optim.Optimizer) -> None:
+    """Give each loaded moment its parameter's memory layout. Checkpoints store tensors contiguous, and the fused
+    Adam kernel pairs a parameter's elements with its moments' in memory order: a contiguous moment of a
+    channels-last weight (the conv nets') would update each weight with another element's moments."""
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            for name, value in optimizer.state.get(param, {}).items():
+                if torch.is_tensor(value) and value.shape == param.shape and value.stride() != param.stride():
+                    optimizer.state[param][name] = torch.empty_like(param, dtype=value.dtype).copy_(value)
 
 
 def write_safetensors(path: Path, tensors: dict, metadata: dict | None = None) -> None:
@@ -284,6 +296,7 @@ def restore(run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimi
             adam = adam_state(tensors, optimizer, groups, state.step)
             try:
                 optimizer.load_state_dict({"state": adam, "param_groups": groups})
+                match_parameter_layouts(optimizer)
             except (RuntimeError, KeyError, ValueError, TypeError) as exc:
                 raise DamagedCheckpoint(f"the optimiser's state does not load ({str(exc).strip().splitlines()[0][:120]})") from None
             check_weights(model)
